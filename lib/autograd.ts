@@ -1,0 +1,285 @@
+/**
+ * Reverse-mode automatic differentiation: the graph that ops record, `noGrad`, and the engine
+ * behind `Tensor.backward()`.
+ *
+ * Each op that has an input requiring grad attaches a {@link GradNode} to its output. The node
+ * keeps the inputs gradients flow to and whatever the backward needs (retained storages), so
+ * the graph is the tensors themselves linked through their nodes; there is no global tape to
+ * clear. Backward orders the reachable tensors topologically, sums the gradients arriving at
+ * each one, runs its hooks once the sum is complete, and either accumulates it into a leaf's
+ * `.grad` or hands it to the tensor's node. A node frees what it saved as soon as it has run.
+ *
+ * @packageDocumentation
+ */
+import { LunaError, checkFunction, describe, formatShape, mismatch } from './errors';
+import { allocate, sameShape } from './dtype';
+import type { Tensor } from './tensor';
+import { assertLive, checkSameMeta, checkTensor, floatData, makeTensor } from './tensor';
+
+/** One recorded op application: how to turn the output's gradient into its inputs' gradients. */
+export interface GradNode {
+  /** The op's name, for messages (e.g. `packAttention`). */
+  readonly name: string;
+  /** The differentiable inputs, in the order `backward` returns their gradients. */
+  readonly inputs: readonly Tensor[];
+  /** True once the node has run (or been freed); its saved data is gone then. */
+  released: boolean;
+  /**
+   * Computes the gradients of the inputs from the gradient of the output. Returns one entry per
+   * input: a fresh tensor of the input's shape and dtype, or null where `needsGrad[i]` is false
+   * (an entry for such an input is ignored anyway).
+   */
+  backward(gradOut: Tensor, needsGrad: readonly boolean[]): readonly (Tensor | null)[];
+  /** Drops the saved data. Idempotent. */
+  release(): void;
+}
+
+/** How many `noGrad` scopes are open; recording happens only at zero. */
+let noGradDepth = 0;
+
+/** Internal: true when ops should record their backward (outside every `noGrad`). */
+export function isGradEnabled(): boolean {
+  return noGradDepth === 0;
+}
+
+/**
+ * Runs `fn` with gradient recording disabled and returns its result: tensors computed inside
+ * do not require grad and keep no graph. Nestable and exception-safe. Only the synchronous part
+ * of `fn` is covered: work after an `await` inside an async `fn` records again.
+ */
+export function noGrad<T>(fn: () => T): T {
+  checkFunction('noGrad', 'fn', fn);
+  noGradDepth++;
+  try {
+    return fn();
+  } finally {
+    noGradDepth--;
+  }
+}
+
+/** Internal: runs `fn` with recording enabled even inside an enclosing `noGrad` (gradcheck needs this). */
+export function withGradEnabled<T>(fn: () => T): T {
+  const saved = noGradDepth;
+  noGradDepth = 0;
+  try {
+    return fn();
+  } finally {
+    noGradDepth = saved;
+  }
+}
+
+/** Internal: should an op with these differentiable inputs record a node? */
+export function shouldRecord(inputs: readonly Tensor[]): boolean {
+  return noGradDepth === 0 && inputs.some((t) => t._requiresGrad);
+}
+
+/**
+ * Internal: makes `output` the result of a recorded op. The caller has checked
+ * {@link shouldRecord}; `release` frees what `backward` captured.
+ */
+export function attachNode(
+  output: Tensor,
+  name: string,
+  inputs: readonly Tensor[],
+  backward: GradNode['backward'],
+  release: () => void,
+): void {
+  const node: GradNode = {
+    name,
+    inputs: Object.freeze([...inputs]),
+    released: false,
+    backward,
+    release(): void {
+      if (node.released) return;
+      node.released = true;
+      release();
+    },
+  };
+  output._node = node;
+  output._requiresGrad = true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small elementwise helpers for gradient bookkeeping. Plain loops: gradients are summed only
+// where a tensor feeds several ops, which is cheap next to the attention kernels.
+
+function filled(t: Tensor, value: number): Tensor {
+  const data = allocate('backward', t._dtype, t._size);
+  if (value !== 0) data.fill(value);
+  return makeTensor(data, t._shape, t._dtype, t._device);
+}
+
+function clone(t: Tensor): Tensor {
+  return makeTensor(floatData(t, 'backward', 'gradient').slice(), t._shape, t._dtype, t._device);
+}
+
+function addInto(dst: Tensor, src: Tensor): void {
+  const a = floatData(dst, 'backward', 'gradient');
+  const b = floatData(src, 'backward', 'gradient');
+  for (let i = 0; i < a.length; i++) a[i] += b[i];
+}
+
+/** A gradient on its way through the engine; `owned` means nobody else holds it, so it may be added into in place. */
+interface PendingGrad {
+  t: Tensor;
+  owned: boolean;
+}
+
+function accumulate(pending: Map<Tensor, PendingGrad>, target: Tensor, g: PendingGrad): void {
+  const prev = pending.get(target);
+  if (prev === undefined) {
+    pending.set(target, g);
+  } else if (prev.owned) {
+    addInto(prev.t, g.t);
+  } else {
+    const sum = clone(prev.t);
+    addInto(sum, g.t);
+    pending.set(target, { t: sum, owned: true });
+  }
+}
+
+/** Runs a tensor's hooks on its complete gradient; each may replace it. */
+function runHooks(t: Tensor, g: PendingGrad): PendingGrad {
+  // Copy the list: a hook may unregister itself (or others) while we iterate.
+  for (const { fn } of [...t._hooks]) {
+    const r: unknown = fn(g.t);
+    if (r === undefined || r === null) continue;
+    const replacement = checkTensor('backward (hook result)', 'replacement gradient', r);
+    checkSameMeta('backward (hook result)', 'replacement gradient', replacement, t);
+    g = { t: replacement, owned: false };
+  }
+  return g;
+}
+
+function accumulateIntoLeaf(leaf: Tensor, g: PendingGrad): void {
+  // A disposed leaf has nowhere to keep a gradient.
+  if (leaf._storage === null) return;
+  const current = leaf._grad;
+  if (current === null || current._storage === null) {
+    // Take ownership only of a gradient nobody else holds; otherwise a later in-place
+    // accumulation would write into the caller's (or another tensor's) buffer.
+    leaf._grad = g.owned ? g.t : clone(g.t);
+  } else {
+    addInto(current, g.t);
+  }
+}
+
+/** Depth-first post-order of the tensors reachable from `roots` through recorded nodes. */
+function topoOrder(roots: readonly Tensor[], where: string): Tensor[] {
+  const visited = new Set<Tensor>();
+  const post: Tensor[] = [];
+  const stack: { t: Tensor; next: number }[] = [];
+  const enter = (t: Tensor): void => {
+    const node = t._node;
+    if (node !== null && node.released) {
+      throw new LunaError(
+        'ERR_DISPOSED',
+        `${where}: tried to backward through the graph a second time: the data saved by ` +
+          `${node.name} was released after the first backward. Run the forward pass again ` +
+          '(or call backward once on the sum of the losses).',
+      );
+    }
+    visited.add(t);
+    stack.push({ t, next: 0 });
+  };
+  for (const root of roots) {
+    if (visited.has(root)) continue;
+    enter(root);
+    // Iterative, so a long chain of ops cannot overflow the call stack.
+    while (stack.length > 0) {
+      const top = stack[stack.length - 1];
+      const inputs = top.t._node?.inputs ?? [];
+      if (top.next < inputs.length) {
+        const input = inputs[top.next++];
+        if (input._requiresGrad && !visited.has(input)) enter(input);
+      } else {
+        stack.pop();
+        post.push(top.t);
+      }
+    }
+  }
+  return post;
+}
+
+function rootGradient(root: Tensor, grad: Tensor | undefined, where: string): PendingGrad {
+  if (grad === undefined || grad === null) {
+    if (root._size !== 1) {
+      throw mismatch(
+        'ERR_ARGUMENT',
+        where,
+        'grad',
+        `a Tensor of shape ${formatShape(root._shape)} (it may be omitted only for a one-element tensor)`,
+        describe(grad),
+      );
+    }
+    return { t: filled(root, 1), owned: true };
+  }
+  const g = checkTensor(where, 'grad', grad);
+  checkSameMeta(where, 'grad', g, root);
+  return { t: g, owned: false };
+}
+
+/**
+ * Internal: backpropagates from `roots`, seeded with `grads` (undefined = ones for a
+ * one-element root). `Tensor.backward` calls it with one root; gradcheck with several.
+ */
+export function runBackward(
+  roots: readonly Tensor[],
+  grads: readonly (Tensor | undefined)[],
+  where: string,
+): void {
+  const pending = new Map<Tensor, PendingGrad>();
+  const seeds: PendingGrad[] = [];
+  roots.forEach((root, i) => {
+    assertLive(root, where);
+    if (!root._requiresGrad) {
+      throw new LunaError(
+        'ERR_ARGUMENT',
+        `${where}: the tensor does not require grad and has no grad function (${root.toString()}); ` +
+          'set requiresGrad on the inputs before computing it, outside noGrad()',
+      );
+    }
+    seeds.push(rootGradient(root, grads[i], where));
+  });
+  // Everything is validated and the graph checked before any gradient is written, so a
+  // refused call changes nothing.
+  const order = topoOrder(roots, where);
+  roots.forEach((root, i) => accumulate(pending, root, seeds[i]));
+
+  // Hooks and node backwards must not record a graph of their own.
+  noGradDepth++;
+  try {
+    for (let i = order.length - 1; i >= 0; i--) {
+      const t = order[i];
+      const arrived = pending.get(t);
+      if (arrived === undefined) continue;
+      pending.delete(t);
+      const g = runHooks(t, arrived);
+      const node = t._node;
+      if (node === null) {
+        if (t._requiresGrad) accumulateIntoLeaf(t, g);
+        continue;
+      }
+      const needsGrad = node.inputs.map((x) => x._requiresGrad);
+      const inputGrads = node.backward(g.t, needsGrad);
+      node.release();
+      node.inputs.forEach((input, j) => {
+        const ig = inputGrads[j];
+        if (!needsGrad[j] || ig === null || ig === undefined) return;
+        if (!sameShape(ig._shape, input._shape) || ig._dtype !== input._dtype) {
+          throw new LunaError(
+            'ERR_SHAPE',
+            `internal: ${node.name} returned a ${ig._dtype} gradient of shape ${formatShape(ig._shape)} ` +
+              `for input ${j} (${input.toString()})`,
+          );
+        }
+        // A gradient returned for two inputs, or the incoming gradient passed straight
+        // through, is shared: never add into it in place.
+        const shared = ig === g.t || inputGrads.indexOf(ig) !== j || inputGrads.lastIndexOf(ig) !== j;
+        accumulate(pending, input, { t: ig, owned: !shared });
+      });
+    }
+  } finally {
+    noGradDepth--;
+  }
+}

@@ -1,0 +1,187 @@
+/**
+ * Element types, devices, shapes and the raw buffers behind tensors.
+ *
+ * Nothing here knows about Tensor or autograd, so every other module can import it freely.
+ *
+ * @packageDocumentation
+ */
+import { LunaError, checkNonNegativeInt, describe, formatShape, mismatch } from './errors';
+import { tryLoadNative } from './native';
+
+/** Element type of a tensor. `bool` is stored as a Uint8Array holding 0 or 1. */
+export type DType = 'float32' | 'float64' | 'bool';
+
+/** The floating-point element types: the only ones that take part in math and autograd. */
+export type FloatDType = 'float32' | 'float64';
+
+/** Where a tensor lives. `cuda` is reserved: the CUDA kernels are not wired into lib/ yet. */
+export type Device = 'cpu' | 'cuda';
+
+/** The buffer type of each dtype. */
+export interface DTypeArrayMap {
+  float32: Float32Array;
+  float64: Float64Array;
+  bool: Uint8Array;
+}
+
+/** Any buffer a tensor can hold. */
+export type TypedArrayOf<D extends DType> = DTypeArrayMap[D];
+
+/** Any buffer a tensor can hold, whatever its dtype. */
+export type AnyTypedArray = Float32Array | Float64Array | Uint8Array;
+
+/** All dtypes, in the order messages list them. */
+export const DTYPES: readonly DType[] = ['float32', 'float64', 'bool'];
+
+/** All device names, in the order messages list them. */
+export const DEVICES: readonly Device[] = ['cpu', 'cuda'];
+
+/**
+ * The largest element count a tensor may have. Kernels index with 32-bit signed offsets in
+ * places, and a float64 buffer of this many elements is already 16 GiB.
+ */
+export const MAX_ELEMENTS = 2 ** 31 - 1;
+
+/** Throws unless `value` names a dtype (ERR_ARGUMENT for a non-string, ERR_DTYPE otherwise). */
+export function checkDType(where: string, arg: string, value: unknown): DType {
+  if (typeof value !== 'string') {
+    throw mismatch('ERR_ARGUMENT', where, arg, `one of ${DTYPES.join(', ')}`, describe(value));
+  }
+  if (!(DTYPES as readonly string[]).includes(value)) {
+    throw mismatch('ERR_DTYPE', where, arg, `one of ${DTYPES.join(', ')}`, describe(value));
+  }
+  return value as DType;
+}
+
+/** True for the floating-point dtypes. */
+export function isFloatDType(dtype: DType): dtype is FloatDType {
+  return dtype === 'float32' || dtype === 'float64';
+}
+
+/** The reason a `cuda` request fails, from the addon when it can say. */
+function cudaUnavailableReason(): string {
+  const addon = tryLoadNative();
+  if (addon === null) return 'the native addon could not be loaded, so CUDA cannot be probed';
+  let reason = '';
+  try {
+    const info = addon.cudaInfo();
+    if (!info.available && info.reason) reason = info.reason;
+  } catch {
+    // A failing probe must not replace the error we are about to raise.
+  }
+  return reason || 'CUDA kernels are not built yet';
+}
+
+/**
+ * Throws unless `value` names a usable device. `'cuda'` is a known name but always fails with
+ * ERR_DEVICE_UNAVAILABLE for now (with the addon's reason); an unknown name is ERR_DEVICE.
+ */
+export function checkDevice(where: string, arg: string, value: unknown): Device {
+  if (typeof value !== 'string') {
+    throw mismatch('ERR_ARGUMENT', where, arg, `one of ${DEVICES.join(', ')}`, describe(value));
+  }
+  if (value === 'cpu') return 'cpu';
+  if (value === 'cuda') {
+    throw new LunaError(
+      'ERR_DEVICE_UNAVAILABLE',
+      `${where}: ${arg} "cuda" is not available: ${cudaUnavailableReason()}`,
+    );
+  }
+  throw mismatch('ERR_DEVICE', where, arg, `one of ${DEVICES.join(', ')}`, describe(value));
+}
+
+/**
+ * Checks a shape (an array of non-negative integers) and returns a frozen copy and its element
+ * count. The count is built up dimension by dimension so that an absurd shape is refused
+ * before anything is allocated, and before the product could lose precision.
+ */
+export function checkShape(
+  where: string,
+  arg: string,
+  shape: unknown,
+): { shape: readonly number[]; size: number } {
+  if (!Array.isArray(shape)) {
+    throw mismatch('ERR_ARGUMENT', where, arg, 'an array of non-negative integers', describe(shape));
+  }
+  const dims: number[] = [];
+  for (let i = 0; i < shape.length; i++) {
+    dims.push(checkNonNegativeInt(where, `${arg}[${i}]`, shape[i] as unknown));
+  }
+  // Multiply step by step and stop at the limit, so the check stays exact (no float rounding
+  // of a huge product) and happens before anything is allocated. A single dimension over the
+  // limit is refused even when another is 0: no kernel indexes that far.
+  let size = 1;
+  let tooLarge = dims.some((d) => d > MAX_ELEMENTS);
+  if (!dims.includes(0)) {
+    for (const d of dims) {
+      size *= d;
+      if (size > MAX_ELEMENTS) {
+        tooLarge = true;
+        break;
+      }
+    }
+  } else {
+    size = 0;
+  }
+  if (tooLarge) {
+    throw mismatch(
+      'ERR_ARGUMENT',
+      where,
+      arg,
+      `at most ${MAX_ELEMENTS} (2^31 - 1) elements`,
+      `${formatShape(dims)} (${dims.reduce((a, b) => a * b, 1)} elements)`,
+    );
+  }
+  return { shape: Object.freeze(dims), size };
+}
+
+/** Element count of a (valid) shape. */
+export function shapeSize(shape: readonly number[]): number {
+  let size = 1;
+  for (const d of shape) size *= d;
+  return size;
+}
+
+/** True when two shapes are equal. */
+export function sameShape(a: readonly number[], b: readonly number[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+/** Bytes per element of each dtype. */
+export function bytesPerElement(dtype: DType): number {
+  return dtype === 'float64' ? 8 : dtype === 'float32' ? 4 : 1;
+}
+
+/**
+ * Allocates a zero-filled buffer. An allocation V8 refuses (out of memory, over its limits)
+ * becomes ERR_ARGUMENT naming the size, rather than a bare RangeError.
+ */
+export function allocate<D extends DType>(where: string, dtype: D, size: number): TypedArrayOf<D> {
+  try {
+    switch (dtype) {
+      case 'float32':
+        return new Float32Array(size) as TypedArrayOf<D>;
+      case 'float64':
+        return new Float64Array(size) as TypedArrayOf<D>;
+      default:
+        return new Uint8Array(size) as TypedArrayOf<D>;
+    }
+  } catch (err) {
+    throw new LunaError(
+      'ERR_ARGUMENT',
+      `${where}: could not allocate ${size} ${dtype} elements (${size * bytesPerElement(dtype)} bytes): ` +
+        `${err instanceof Error ? err.message : String(err)}`,
+      { cause: err },
+    );
+  }
+}
+
+/** The dtype a typed array stands for when no dtype is given, or null for other array types. */
+export function dtypeOfArray(data: ArrayBufferView): DType | null {
+  if (data instanceof Float32Array) return 'float32';
+  if (data instanceof Float64Array) return 'float64';
+  if (data instanceof Uint8Array) return 'bool';
+  return null;
+}

@@ -1,0 +1,20 @@
+/**
+ * luna-attention: fused Luna (linear unified nested attention) kernels with autograd for
+ * Node.js. This module is the package's public API; everything not exported here is internal.
+ *
+ * @packageDocumentation
+ */
+export { LunaError } from './errors';
+export type { LunaErrorCode } from './errors';
+export type { DType, FloatDType, Device } from './dtype';
+export { Tensor } from './tensor';
+export type { GradHook } from './tensor';
+export { tensor, zeros, ones, randn } from './creation';
+export type { TensorData, NestedArray, TensorOptions, CreationOptions, RandnOptions } from './creation';
+export { noGrad } from './autograd';
+export { ops } from './ops';
+export type { Ops, AttentionOptions } from './ops';
+export { gradcheck } from './gradcheck';
+export type { GradcheckOptions, GradcheckFn } from './gradcheck';
+export { backendInfo, setNumThreads, getNumThreads } from './backend';
+export type { BackendInfo, CpuBackendInfo, CudaBackendInfo } from './backend';

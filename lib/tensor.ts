@@ -1,0 +1,382 @@
+/**
+ * The Tensor class and the internal accessors ops use to reach a tensor's buffer.
+ *
+ * A tensor is a view of a reference-counted {@link Storage}: `detach()` shares the storage,
+ * autograd nodes retain the storages they save, and `dispose()` drops this tensor's reference.
+ * On the CPU "freeing" means letting the garbage collector have the buffer; the counting is
+ * what will let device memory be freed deterministically once CUDA tensors exist.
+ *
+ * @packageDocumentation
+ */
+import {
+  LunaError,
+  checkBoolean,
+  checkFunction,
+  describe,
+  formatShape,
+  mismatch,
+} from './errors';
+import {
+  AnyTypedArray,
+  DType,
+  Device,
+  checkDevice,
+  isFloatDType,
+  sameShape,
+  shapeSize,
+} from './dtype';
+import { inspect } from 'node:util';
+import type { GradNode } from './autograd';
+import { runBackward } from './autograd';
+
+// Node 20.4+ defines Symbol.dispose; older runtimes (and some bundlers' shims) do not. Define it
+// as the registered symbol Node itself uses, so `using` and Node's own code agree with us. This
+// must run before the Tensor class below evaluates its `[Symbol.dispose]` key.
+if (typeof (Symbol as { dispose?: unknown }).dispose !== 'symbol') {
+  Object.defineProperty(Symbol, 'dispose', {
+    value: Symbol.for('nodejs.dispose'),
+    writable: false,
+    enumerable: false,
+    configurable: false,
+  });
+}
+
+/**
+ * A gradient hook: receives the complete gradient of a tensor during `backward()` and may
+ * return a replacement (same shape, dtype and device). Returning nothing keeps the gradient.
+ */
+export type GradHook = (grad: Tensor) => Tensor | void | undefined | null;
+
+/** A reference-counted buffer shared by a tensor, its detached views and saved-for-backward copies. */
+export class Storage {
+  private buffer: AnyTypedArray | null;
+  private refs = 1;
+
+  /** @param data - the buffer; the storage takes ownership of it */
+  constructor(data: AnyTypedArray) {
+    this.buffer = data;
+  }
+
+  /** The buffer, or null once every reference has been released. */
+  get data(): AnyTypedArray | null {
+    return this.buffer;
+  }
+
+  /** Adds a reference (a detached view, a saved tensor) and returns this storage. */
+  retain(): this {
+    if (this.buffer === null) {
+      throw new LunaError('ERR_DISPOSED', 'internal: retain() on a released storage');
+    }
+    this.refs++;
+    return this;
+  }
+
+  /** Drops a reference; the last one frees the buffer. Extra calls are ignored. */
+  release(): void {
+    if (this.refs === 0) return;
+    this.refs--;
+    if (this.refs === 0) this.buffer = null;
+  }
+}
+
+/** Passed by the internal factories; keeps `new Tensor(...)` out of user code. */
+const INTERNAL: unique symbol = Symbol('luna-attention.internal');
+
+/**
+ * An n-dimensional array of float32, float64 or bool elements on a device, with autograd.
+ * Create tensors with `tensor()`, `zeros()`, `ones()` or `randn()`; ops return new tensors.
+ *
+ * Metadata (`shape`, `dtype`, `device`, `size`, `isDisposed`) stays readable after
+ * `dispose()`; everything that needs the data, or the graph, throws ERR_DISPOSED.
+ */
+export class Tensor {
+  /** @internal the buffer; null after dispose() */
+  _storage: Storage | null;
+  /** @internal */
+  readonly _shape: readonly number[];
+  /** @internal */
+  readonly _dtype: DType;
+  /** @internal */
+  readonly _device: Device;
+  /** @internal */
+  readonly _size: number;
+  /** @internal whether gradients flow to (leaf) or through (non-leaf) this tensor */
+  _requiresGrad = false;
+  /** @internal accumulated gradient of a leaf */
+  _grad: Tensor | null = null;
+  /** @internal the op that produced this tensor; null for leaves */
+  _node: GradNode | null = null;
+  /** @internal registered gradient hooks, in registration order */
+  _hooks: { fn: GradHook }[] = [];
+
+  /**
+   * Not for direct use: call `tensor()`, `zeros()`, `ones()` or `randn()`.
+   * @internal
+   */
+  constructor(
+    token: typeof INTERNAL,
+    storage: Storage,
+    shape: readonly number[],
+    dtype: DType,
+    device: Device,
+  ) {
+    if (token !== INTERNAL) {
+      throw new LunaError(
+        'ERR_ARGUMENT',
+        'Tensor: the constructor is internal; create tensors with tensor(), zeros(), ones() or randn()',
+      );
+    }
+    this._storage = storage;
+    this._shape = Object.isFrozen(shape) ? shape : Object.freeze([...shape]);
+    this._dtype = dtype;
+    this._device = device;
+    this._size = shapeSize(this._shape);
+  }
+
+  /** The dimensions, outermost first; `[]` for a scalar. The array is frozen. */
+  get shape(): readonly number[] {
+    return this._shape;
+  }
+
+  /** The element type. */
+  get dtype(): DType {
+    return this._dtype;
+  }
+
+  /** The device the data lives on. */
+  get device(): Device {
+    return this._device;
+  }
+
+  /** The number of elements (the product of the shape; 1 for a scalar). */
+  get size(): number {
+    return this._size;
+  }
+
+  /** The number of dimensions. */
+  get rank(): number {
+    return this._shape.length;
+  }
+
+  /** True once `dispose()` has been called. */
+  get isDisposed(): boolean {
+    return this._storage === null;
+  }
+
+  /** True for tensors not produced by a recorded op (user-created ones, and detached ones). */
+  get isLeaf(): boolean {
+    return this._node === null;
+  }
+
+  /**
+   * Whether gradients are computed for this tensor. Settable on leaves only, and only to true
+   * on float tensors; to stop gradients through a computed tensor use `detach()`.
+   */
+  get requiresGrad(): boolean {
+    return this._requiresGrad;
+  }
+
+  set requiresGrad(value: boolean) {
+    checkBoolean('Tensor.requiresGrad', 'value', value);
+    assertLive(this, 'Tensor.requiresGrad');
+    if (this._node !== null) {
+      throw new LunaError(
+        'ERR_ARGUMENT',
+        'Tensor.requiresGrad: can only be set on leaf tensors; this one was computed by ' +
+          `${this._node.name} (use detach() for a leaf copy that shares the data)`,
+      );
+    }
+    if (value && !isFloatDType(this._dtype)) {
+      throw mismatch(
+        'ERR_DTYPE',
+        'Tensor.requiresGrad',
+        'dtype',
+        'float32 or float64 (only float tensors have gradients)',
+        this._dtype,
+      );
+    }
+    this._requiresGrad = value;
+  }
+
+  /**
+   * The gradient accumulated by `backward()` into this leaf, or null. Backward adds into an
+   * existing gradient in place; set it to null to start afresh (what an optimizer's
+   * zeroGrad does). A tensor assigned here must match this tensor's shape, dtype and device.
+   */
+  get grad(): Tensor | null {
+    return this._grad;
+  }
+
+  set grad(value: Tensor | null) {
+    if (value === null) {
+      this._grad = null;
+      return;
+    }
+    if (!(value instanceof Tensor)) {
+      throw mismatch('ERR_ARGUMENT', 'Tensor.grad', 'value', 'a Tensor or null', describe(value));
+    }
+    assertLive(value, 'Tensor.grad', 'value');
+    checkSameMeta('Tensor.grad', 'value', value, this);
+    this._grad = value;
+  }
+
+  /** A copy of the data as a typed array (Float32Array, Float64Array, or Uint8Array for bool). */
+  dataSync(): AnyTypedArray {
+    return tensorData(this, 'dataSync').slice();
+  }
+
+  /** The asynchronous form of {@link Tensor.dataSync}; resolves to a copy of the data. */
+  data(): Promise<AnyTypedArray> {
+    // Validate synchronously and copy now, so a dispose() right after the call cannot race
+    // with the read.
+    try {
+      return Promise.resolve(tensorData(this, 'data').slice());
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  /** Returns this tensor on `device`: itself for its own device. `'cuda'` is not available yet. */
+  to(device: Device): Tensor {
+    assertLive(this, 'to');
+    const target = checkDevice('to', 'device', device);
+    if (target === this._device) return this;
+    // Unreachable while only the CPU exists; kept so a future device fails loudly, not silently.
+    throw mismatch('ERR_DEVICE', 'to', 'device', this._device, target);
+  }
+
+  /** A new leaf that shares this tensor's data but not its graph (requiresGrad false). */
+  detach(): Tensor {
+    const storage = assertLive(this, 'detach');
+    return new Tensor(INTERNAL, storage.retain(), this._shape, this._dtype, this._device);
+  }
+
+  /**
+   * Releases this tensor's data (and its gradient). Idempotent. A detached view or a graph that
+   * saved this tensor keeps the data alive until it, too, lets go. The tensor stays in any graph
+   * it belongs to, so gradients can still flow through it.
+   */
+  dispose(): void {
+    if (this._storage === null) return;
+    this._storage.release();
+    this._storage = null;
+    this._hooks = [];
+    if (this._grad !== null) {
+      this._grad.dispose();
+      this._grad = null;
+    }
+  }
+
+  /** Same as {@link Tensor.dispose}; lets `using t = ...` dispose the tensor at scope exit. */
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
+  /**
+   * Computes the gradients of this tensor with respect to every leaf that requires grad and
+   * accumulates them into those leaves' `.grad`. `grad` is the gradient of some scalar loss
+   * with respect to this tensor; it may be omitted for a one-element tensor (it is then 1).
+   * The graph's saved data is released afterwards: a second backward through it throws.
+   */
+  backward(grad?: Tensor): void {
+    runBackward([this], [grad], 'backward');
+  }
+
+  /**
+   * Registers `fn` to be called with this tensor's gradient once it is complete during
+   * backward. `fn` may return a replacement gradient. On a leaf, hooks run before the gradient
+   * is accumulated into `.grad`. Returns a function that unregisters the hook.
+   */
+  registerHook(fn: GradHook): () => void {
+    checkFunction('registerHook', 'fn', fn);
+    assertLive(this, 'registerHook');
+    if (!this._requiresGrad) {
+      throw new LunaError(
+        'ERR_ARGUMENT',
+        'registerHook: the tensor does not require grad, so the hook would never run',
+      );
+    }
+    const entry = { fn };
+    this._hooks.push(entry);
+    return () => {
+      const i = this._hooks.indexOf(entry);
+      if (i >= 0) this._hooks.splice(i, 1);
+    };
+  }
+
+  /** A short description such as `Tensor(float32, [2,3], cpu, requiresGrad)`. */
+  toString(): string {
+    const flags = [this._requiresGrad ? 'requiresGrad' : '', this.isDisposed ? 'disposed' : '']
+      .filter((s) => s !== '')
+      .join(', ');
+    return `Tensor(${this._dtype}, ${formatShape(this._shape)}, ${this._device}${flags ? `, ${flags}` : ''})`;
+  }
+
+  /** @internal How Node's util.inspect and console.log show a tensor. */
+  [inspect.custom](): string {
+    const data = this._storage?.data;
+    if (data === null || data === undefined) return this.toString();
+    const head = Array.from(data.subarray(0, 6), (x) => String(x)).join(', ');
+    return `${this.toString()} [${head}${data.length > 6 ? ', ...' : ''}]`;
+  }
+}
+
+/**
+ * Internal: makes a leaf tensor around `data` (taking ownership of the buffer).
+ * The caller guarantees that `data.length` matches the shape and the buffer type the dtype.
+ */
+export function makeTensor(
+  data: AnyTypedArray,
+  shape: readonly number[],
+  dtype: DType,
+  device: Device = 'cpu',
+): Tensor {
+  return new Tensor(INTERNAL, new Storage(data), shape, dtype, device);
+}
+
+/** Internal: throws ERR_DISPOSED, naming the operation and argument, when `t` was disposed. */
+export function assertLive(t: Tensor, where: string, arg = 'tensor'): Storage {
+  const storage = t._storage;
+  if (storage === null || storage.data === null) {
+    throw new LunaError(
+      'ERR_DISPOSED',
+      `${where}: ${arg} has been disposed (${t.toString()}); it cannot be used any more`,
+    );
+  }
+  return storage;
+}
+
+/**
+ * Internal accessor for ops: the tensor's live buffer (not a copy; ops must not write into
+ * inputs). Throws ERR_DISPOSED naming the op and the argument.
+ */
+export function tensorData(t: Tensor, where: string, arg = 'tensor'): AnyTypedArray {
+  return assertLive(t, where, arg).data as AnyTypedArray;
+}
+
+/** Internal: the float buffer of a float tensor (callers have checked the dtype). */
+export function floatData(t: Tensor, where: string, arg = 'tensor'): Float32Array | Float64Array {
+  return tensorData(t, where, arg) as Float32Array | Float64Array;
+}
+
+/** Internal: throws ERR_ARGUMENT unless `value` is a Tensor, and ERR_DISPOSED when it is disposed. */
+export function checkTensor(where: string, arg: string, value: unknown): Tensor {
+  if (!(value instanceof Tensor)) {
+    throw mismatch('ERR_ARGUMENT', where, arg, 'a Tensor', describe(value));
+  }
+  assertLive(value, where, arg);
+  return value;
+}
+
+/** Internal: throws unless `a` has the shape (ERR_SHAPE), dtype (ERR_DTYPE) and device (ERR_DEVICE) of `ref`. */
+export function checkSameMeta(where: string, arg: string, a: Tensor, ref: Tensor): void {
+  if (!sameShape(a._shape, ref._shape)) {
+    throw mismatch('ERR_SHAPE', where, `${arg}.shape`, formatShape(ref._shape), formatShape(a._shape));
+  }
+  if (a._dtype !== ref._dtype) {
+    throw mismatch('ERR_DTYPE', where, `${arg}.dtype`, ref._dtype, a._dtype);
+  }
+  if (a._device !== ref._device) {
+    throw mismatch('ERR_DEVICE', where, `${arg}.device`, ref._device, a._device);
+  }
+}

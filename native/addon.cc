@@ -1,0 +1,17 @@
+// The addon's entry point: it only registers exports. Each family lives in native/bindings/.
+#include <napi.h>
+
+#include "bindings/attention_binding.h"
+#include "bindings/runtime_binding.h"
+
+namespace {
+
+Napi::Object init(Napi::Env env, Napi::Object exports) {
+  luna::register_attention(env, exports);
+  luna::register_runtime(env, exports);
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(luna_attention, init)

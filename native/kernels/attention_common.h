@@ -1,0 +1,40 @@
+// Pieces shared by the pack and unpack kernels: how work is split (by problem size only, so
+// results never depend on the thread count), per-batch mask biases, and small row helpers.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "attention.h"
+
+namespace luna {
+
+// Rows of the long axis handled by one task. Fixed, so the split, and with it every
+// floating-point summation order, is the same whatever the number of threads.
+constexpr int64_t kLongAxisChunk = 1024;
+
+// Rows of the long axis per inner tile: the logit tile (rows x short) stays near 64 KB.
+inline int64_t inner_block(int64_t short_len) {
+  const int64_t rows = (16384 / std::max<int64_t>(short_len, 1)) / 16 * 16;
+  return std::clamp<int64_t>(rows, 16, 256);
+}
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Additive logit bias of one batch element's keys: 0 for a kept key, -inf for padding.
+template <typename T>
+void mask_to_bias(const uint8_t* mask, int64_t len, std::vector<T>& bias) {
+  bias.resize(len);
+  for (int64_t j = 0; j < len; ++j) bias[j] = mask[j] ? -std::numeric_limits<T>::infinity() : T(0);
+}
+
+template <typename T>
+T dot_row(const T* a, const T* b, int64_t n) {
+  T s = 0;
+  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+}  // namespace luna

@@ -1,0 +1,409 @@
+// Three builds of the tile primitives declared in tile_gemm.h: generic C++ (any CPU, and every
+// float64 call), AVX2+FMA and AVX-512F. The SIMD builds use function target attributes instead
+// of -mavx512f so the rest of the binary stays baseline x86-64; dispatch happens per call
+// through a table chosen once from active_isa().
+#include "tile_gemm.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "../runtime/cpu_features.h"
+
+#if defined(__x86_64__)
+// GCC 12 warns inside its own AVX-512 headers (the "undefined" pass-through operands).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+#define LUNA_X86 1
+#define TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define TARGET_AVX512 __attribute__((target("avx512f,avx2,fma")))
+#endif
+
+namespace luna {
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Generic build.
+
+template <typename T>
+void gemm_generic(int64_t M, int64_t N, int64_t K, T alpha, const T* a, int64_t ars, int64_t acs,
+                  const T* b, int64_t ldb, T* c, int64_t ldc, bool accumulate) {
+  for (int64_t i = 0; i < M; ++i) {
+    T* ci = c + i * ldc;
+    if (!accumulate) std::fill(ci, ci + N, T(0));
+    for (int64_t p = 0; p < K; ++p) {
+      const T aip = alpha * a[i * ars + p * acs];
+      const T* bp = b + p * ldb;
+      for (int64_t j = 0; j < N; ++j) ci[j] += aip * bp[j];
+    }
+  }
+}
+
+template <typename T>
+T max_row_generic(int64_t n, const T* s, const T* bias, T scale) {
+  T m = -std::numeric_limits<T>::infinity();
+  for (int64_t j = 0; j < n; ++j) m = std::max(m, scale * s[j] + (bias ? bias[j] : T(0)));
+  return m;
+}
+
+template <typename T>
+T exp_row_generic(int64_t n, const T* s, const T* bias, T scale, T shift, T* out) {
+  T sum = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    out[j] = std::exp(scale * s[j] + (bias ? bias[j] : T(0)) - shift);
+    sum += out[j];
+  }
+  return sum;
+}
+
+#ifdef LUNA_X86
+// ---------------------------------------------------------------------------------------------
+// AVX-512 build: 16 floats a vector; a register block of up to 8 rows x 2 vectors of C.
+
+constexpr int kMr512 = 8;
+
+// c[MR x (16 * NV)] (+)= alpha * a[MR x K] * b[K x 16*NV]; the last vector of each row is
+// limited to the lanes in `tail` (all 16 when the panel is full).
+template <int MR, int NV>
+TARGET_AVX512 void micro_avx512(int64_t K, float alpha, const float* a, int64_t ars, int64_t acs,
+                                const float* b, int64_t ldb, float* c, int64_t ldc,
+                                __mmask16 tail, bool accumulate) {
+  __m512 acc[MR][NV];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < K; ++p) {
+    const float* bp = b + p * ldb;
+    __m512 b0, b1;
+    if (NV == 1) {
+      b0 = _mm512_maskz_loadu_ps(tail, bp);
+      b1 = b0;
+    } else {
+      b0 = _mm512_loadu_ps(bp);
+      b1 = _mm512_maskz_loadu_ps(tail, bp + 16);
+    }
+    const float* ap = a + p * acs;
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const __m512 ai = _mm512_set1_ps(ap[i * ars]);
+      acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]);
+      if (NV == 2) acc[i][NV - 1] = _mm512_fmadd_ps(ai, b1, acc[i][NV - 1]);
+    }
+  }
+  const __m512 va = _mm512_set1_ps(alpha);
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+    float* ci = c + i * ldc;
+    if (NV == 2) {
+      __m512 x = _mm512_mul_ps(acc[i][0], va);
+      if (accumulate) x = _mm512_add_ps(x, _mm512_loadu_ps(ci));
+      _mm512_storeu_ps(ci, x);
+    }
+    float* ct = ci + 16 * (NV - 1);
+    __m512 y = _mm512_mul_ps(acc[i][NV - 1], va);
+    if (accumulate) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(tail, ct));
+    _mm512_mask_storeu_ps(ct, tail, y);
+  }
+}
+
+template <int NV>
+TARGET_AVX512 void rows_avx512(int64_t mr, int64_t K, float alpha, const float* a, int64_t ars,
+                               int64_t acs, const float* b, int64_t ldb, float* c, int64_t ldc,
+                               __mmask16 tail, bool accumulate) {
+  switch (mr) {
+    case 8: micro_avx512<8, NV>(K, alpha, a, ars, acs, b, ldb, c, ldc, tail, accumulate); break;
+    case 7: micro_avx512<7, NV>(K, alpha, a, ars, acs, b, ldb, c, ldc, tail, accumulate); break;
+    case 6: micro_avx512<6, NV>(K, alpha, a, ars, acs, b, ldb, c, ldc, tail, accumulate); break;
+    case 5: micro_avx512<5, NV>(K, alpha, a, ars, acs, b, ldb, c, ldc, tail, accumulate); break;
+    case 4: micro_avx512<4, NV>(K, alpha, a, ars, acs, b, ldb, c, ldc, tail, accumulate); break;
+    case 3: micro_avx512<3, NV>(K, alpha, a, ars, acs, b, ldb, c, ldc, tail, accumulate); break;
+    case 2: micro_avx512<2, NV>(K, alpha, a, ars, acs, b, ldb, c, ldc, tail, accumulate); break;
+    default: micro_avx512<1, NV>(K, alpha, a, ars, acs, b, ldb, c, ldc, tail, accumulate); break;
+  }
+}
+
+TARGET_AVX512 void gemm_avx512(int64_t M, int64_t N, int64_t K, float alpha, const float* a,
+                               int64_t ars, int64_t acs, const float* b, int64_t ldb, float* c,
+                               int64_t ldc, bool accumulate) {
+  // Column panels of 32 (two vectors), the last one narrower; B's panel stays in L1 while
+  // the row blocks of A stream past it.
+  for (int64_t j0 = 0; j0 < N; j0 += 32) {
+    const int64_t width = std::min<int64_t>(32, N - j0);
+    const int nv = width > 16 ? 2 : 1;
+    const int64_t last = width - 16 * (nv - 1);
+    const __mmask16 tail = static_cast<__mmask16>(last >= 16 ? 0xFFFF : (1u << last) - 1);
+    for (int64_t i0 = 0; i0 < M; i0 += kMr512) {
+      const int64_t mr = std::min<int64_t>(kMr512, M - i0);
+      const float* ai = a + i0 * ars;
+      float* ci = c + i0 * ldc + j0;
+      if (nv == 2) rows_avx512<2>(mr, K, alpha, ai, ars, acs, b + j0, ldb, ci, ldc, tail, accumulate);
+      else rows_avx512<1>(mr, K, alpha, ai, ars, acs, b + j0, ldb, ci, ldc, tail, accumulate);
+    }
+  }
+}
+
+// exp(x) for x <= 88: Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, a degree-7 Taylor
+// polynomial (relative error ~5e-9, below float rounding) and scalef for 2^n. Inputs below
+// -87.3 (including -inf from masked keys) give exactly 0; NaN stays NaN.
+TARGET_AVX512 inline __m512 exp_avx512(__m512 x) {
+  const __m512 lo = _mm512_set1_ps(-87.3f);
+  const __mmask16 underflow = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
+  x = _mm512_min_ps(_mm512_set1_ps(88.3f), x);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 poly = _mm512_set1_ps(1.0f / 5040);
+  poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(1.0f / 720));
+  poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(1.0f / 120));
+  poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(1.0f / 24));
+  poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(1.0f / 6));
+  poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(0.5f));
+  poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(1.0f));
+  poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(1.0f));
+  return _mm512_maskz_mov_ps(static_cast<__mmask16>(~underflow), _mm512_scalef_ps(poly, n));
+}
+
+inline __mmask16 tail_mask16(int64_t remaining) {
+  return static_cast<__mmask16>(remaining >= 16 ? 0xFFFF : (1u << remaining) - 1);
+}
+
+TARGET_AVX512 float max_row_avx512(int64_t n, const float* s, const float* bias, float scale) {
+  const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  const __m512 vs = _mm512_set1_ps(scale);
+  __m512 m = ninf;
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 t = tail_mask16(n - j);
+    __m512 x = _mm512_mul_ps(_mm512_maskz_loadu_ps(t, s + j), vs);
+    if (bias) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(t, bias + j));
+    m = _mm512_mask_max_ps(m, t, m, x);
+  }
+  return _mm512_reduce_max_ps(m);
+}
+
+TARGET_AVX512 float exp_row_avx512(int64_t n, const float* s, const float* bias, float scale,
+                                   float shift, float* out) {
+  const __m512 vs = _mm512_set1_ps(scale), vshift = _mm512_set1_ps(shift);
+  __m512 sum = _mm512_setzero_ps();
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 t = tail_mask16(n - j);
+    __m512 x = _mm512_fmsub_ps(_mm512_maskz_loadu_ps(t, s + j), vs, vshift);
+    if (bias) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(t, bias + j));
+    const __m512 e = _mm512_maskz_mov_ps(t, exp_avx512(x));
+    _mm512_mask_storeu_ps(out + j, t, e);
+    sum = _mm512_add_ps(sum, e);
+  }
+  return _mm512_reduce_add_ps(sum);
+}
+
+// ---------------------------------------------------------------------------------------------
+// AVX2 build: 8 floats a vector; a register block of up to 6 rows x 2 vectors of C.
+
+constexpr int kMr256 = 6;
+
+TARGET_AVX2 inline __m256i lane_mask8(int64_t remaining) {
+  const int count = static_cast<int>(std::min<int64_t>(remaining, 8));
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+template <int MR, int NV>
+TARGET_AVX2 void micro_avx2(int64_t K, float alpha, const float* a, int64_t ars, int64_t acs,
+                            const float* b, int64_t ldb, float* c, int64_t ldc, __m256i tail,
+                            bool accumulate) {
+  __m256 acc[MR][NV];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) acc[i][v] = _mm256_setzero_ps();
+  for (int64_t p = 0; p < K; ++p) {
+    const float* bp = b + p * ldb;
+    __m256 b0, b1;
+    if (NV == 1) {
+      b0 = _mm256_maskload_ps(bp, tail);
+      b1 = b0;
+    } else {
+      b0 = _mm256_loadu_ps(bp);
+      b1 = _mm256_maskload_ps(bp + 8, tail);
+    }
+    const float* ap = a + p * acs;
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const __m256 ai = _mm256_broadcast_ss(ap + i * ars);
+      acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]);
+      if (NV == 2) acc[i][NV - 1] = _mm256_fmadd_ps(ai, b1, acc[i][NV - 1]);
+    }
+  }
+  const __m256 va = _mm256_set1_ps(alpha);
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+    float* ci = c + i * ldc;
+    if (NV == 2) {
+      __m256 x = _mm256_mul_ps(acc[i][0], va);
+      if (accumulate) x = _mm256_add_ps(x, _mm256_loadu_ps(ci));
+      _mm256_storeu_ps(ci, x);
+    }
+    float* ct = ci + 8 * (NV - 1);
+    __m256 y = _mm256_mul_ps(acc[i][NV - 1], va);
+    if (accumulate) y = _mm256_add_ps(y, _mm256_maskload_ps(ct, tail));
+    _mm256_maskstore_ps(ct, tail, y);
+  }
+}
+
+template <int NV>
+TARGET_AVX2 void rows_avx2(int64_t mr, int64_t K, float alpha, const float* a, int64_t ars,
+                           int64_t acs, const float* b, int64_t ldb, float* c, int64_t ldc,
+                           __m256i tail, bool accumulate) {
+  switch (mr) {
+    case 6: micro_avx2<6, NV>(K, alpha, a, ars, acs, b, ldb, c, ldc, tail, accumulate); break;
+    case 5: micro_avx2<5, NV>(K, alpha, a, ars, acs, b, ldb, c, ldc, tail, accumulate); break;
+    case 4: micro_avx2<4, NV>(K, alpha, a, ars, acs, b, ldb, c, ldc, tail, accumulate); break;
+    case 3: micro_avx2<3, NV>(K, alpha, a, ars, acs, b, ldb, c, ldc, tail, accumulate); break;
+    case 2: micro_avx2<2, NV>(K, alpha, a, ars, acs, b, ldb, c, ldc, tail, accumulate); break;
+    default: micro_avx2<1, NV>(K, alpha, a, ars, acs, b, ldb, c, ldc, tail, accumulate); break;
+  }
+}
+
+TARGET_AVX2 void gemm_avx2(int64_t M, int64_t N, int64_t K, float alpha, const float* a,
+                           int64_t ars, int64_t acs, const float* b, int64_t ldb, float* c,
+                           int64_t ldc, bool accumulate) {
+  for (int64_t j0 = 0; j0 < N; j0 += 16) {
+    const int64_t width = std::min<int64_t>(16, N - j0);
+    const int nv = width > 8 ? 2 : 1;
+    const __m256i tail = lane_mask8(width - 8 * (nv - 1));
+    for (int64_t i0 = 0; i0 < M; i0 += kMr256) {
+      const int64_t mr = std::min<int64_t>(kMr256, M - i0);
+      const float* ai = a + i0 * ars;
+      float* ci = c + i0 * ldc + j0;
+      if (nv == 2) rows_avx2<2>(mr, K, alpha, ai, ars, acs, b + j0, ldb, ci, ldc, tail, accumulate);
+      else rows_avx2<1>(mr, K, alpha, ai, ars, acs, b + j0, ldb, ci, ldc, tail, accumulate);
+    }
+  }
+}
+
+// Same reduction and polynomial as exp_avx512; 2^n is built in the exponent bits (n stays in
+// [-126, 127] after the clamp, so the result is a normal float).
+TARGET_AVX2 inline __m256 exp_avx2(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(-87.3f);
+  const __m256 keep = _mm256_cmp_ps(x, lo, _CMP_NLT_UQ);  // false only for x < -87.3
+  x = _mm256_min_ps(_mm256_set1_ps(88.3f), x);
+  x = _mm256_max_ps(lo, x);
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 poly = _mm256_set1_ps(1.0f / 5040);
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f / 720));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f / 120));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f / 24));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f / 6));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(0.5f));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f));
+  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_and_ps(keep, _mm256_mul_ps(poly, _mm256_castsi256_ps(bits)));
+}
+
+TARGET_AVX2 float max_row_avx2(int64_t n, const float* s, const float* bias, float scale) {
+  const __m256 ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  const __m256 vs = _mm256_set1_ps(scale);
+  __m256 m = ninf;
+  for (int64_t j = 0; j < n; j += 8) {
+    const __m256i t = lane_mask8(n - j);
+    __m256 x = _mm256_mul_ps(_mm256_maskload_ps(s + j, t), vs);
+    if (bias) x = _mm256_add_ps(x, _mm256_maskload_ps(bias + j, t));
+    x = _mm256_blendv_ps(ninf, x, _mm256_castsi256_ps(t));
+    m = _mm256_max_ps(m, x);
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, m);
+  float r = lanes[0];
+  for (int i = 1; i < 8; ++i) r = std::max(r, lanes[i]);
+  return r;
+}
+
+TARGET_AVX2 float exp_row_avx2(int64_t n, const float* s, const float* bias, float scale,
+                               float shift, float* out) {
+  const __m256 vs = _mm256_set1_ps(scale), vshift = _mm256_set1_ps(shift);
+  __m256 sum = _mm256_setzero_ps();
+  for (int64_t j = 0; j < n; j += 8) {
+    const __m256i t = lane_mask8(n - j);
+    __m256 x = _mm256_fmsub_ps(_mm256_maskload_ps(s + j, t), vs, vshift);
+    if (bias) x = _mm256_add_ps(x, _mm256_maskload_ps(bias + j, t));
+    const __m256 e = _mm256_and_ps(_mm256_castsi256_ps(t), exp_avx2(x));
+    _mm256_maskstore_ps(out + j, t, e);
+    sum = _mm256_add_ps(sum, e);
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, sum);
+  return ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+}
+#endif  // LUNA_X86
+
+// ---------------------------------------------------------------------------------------------
+// Dispatch table for float32.
+
+struct FloatKernels {
+  void (*gemm)(int64_t, int64_t, int64_t, float, const float*, int64_t, int64_t, const float*,
+               int64_t, float*, int64_t, bool);
+  float (*max_row)(int64_t, const float*, const float*, float);
+  float (*exp_row)(int64_t, const float*, const float*, float, float, float*);
+};
+
+const FloatKernels& float_kernels() {
+  static const FloatKernels table = [] {
+#ifdef LUNA_X86
+    switch (active_isa()) {
+      case Isa::Avx512: return FloatKernels{gemm_avx512, max_row_avx512, exp_row_avx512};
+      case Isa::Avx2: return FloatKernels{gemm_avx2, max_row_avx2, exp_row_avx2};
+      default: break;
+    }
+#endif
+    return FloatKernels{gemm_generic<float>, max_row_generic<float>, exp_row_generic<float>};
+  }();
+  return table;
+}
+
+}  // namespace
+
+template <>
+void tile_gemm<float>(int64_t M, int64_t N, int64_t K, float alpha, const float* a, int64_t ars,
+                      int64_t acs, const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  float_kernels().gemm(M, N, K, alpha, a, ars, acs, b, ldb, c, ldc, accumulate);
+}
+template <>
+void tile_gemm<double>(int64_t M, int64_t N, int64_t K, double alpha, const double* a, int64_t ars,
+                       int64_t acs, const double* b, int64_t ldb, double* c, int64_t ldc, bool accumulate) {
+  gemm_generic<double>(M, N, K, alpha, a, ars, acs, b, ldb, c, ldc, accumulate);
+}
+
+template <>
+float max_scaled_row<float>(int64_t n, const float* s, const float* bias, float scale) {
+  return float_kernels().max_row(n, s, bias, scale);
+}
+template <>
+double max_scaled_row<double>(int64_t n, const double* s, const double* bias, double scale) {
+  return max_row_generic<double>(n, s, bias, scale);
+}
+
+template <>
+float exp_shifted_row<float>(int64_t n, const float* s, const float* bias, float scale, float shift, float* out) {
+  return float_kernels().exp_row(n, s, bias, scale, shift, out);
+}
+template <>
+double exp_shifted_row<double>(int64_t n, const double* s, const double* bias, double scale, double shift,
+                               double* out) {
+  return exp_row_generic<double>(n, s, bias, scale, shift, out);
+}
+
+template <typename T>
+void transpose_tile(int64_t rows, int64_t cols, const T* src, int64_t lds, T* dst, int64_t ldd) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
+}
+template void transpose_tile<float>(int64_t, int64_t, const float*, int64_t, float*, int64_t);
+template void transpose_tile<double>(int64_t, int64_t, const double*, int64_t, double*, int64_t);
+
+}  // namespace luna

@@ -1,0 +1,158 @@
+// The addon loader and backend report. The failure paths run in child processes on a copy of
+// lib/ (transpiled to CommonJS) placed in a temporary package root that has no usable binary:
+// the loader must then raise ERR_NATIVE_LOAD with a message that says what to do, and the rest
+// of the package (tensors, errors) must still import.
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import ts from 'typescript';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { backendInfo } from '../lib/index';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+
+describe('backendInfo()', () => {
+  it('reports the CPU ISA the kernels dispatch to', () => {
+    const info = backendInfo();
+    expect(['avx512', 'avx2', 'generic']).toContain(info.cpu.isa);
+  });
+
+  it('the ISA agrees with what /proc/cpuinfo says the CPU has', () => {
+    let flags = '';
+    try {
+      flags = fs.readFileSync('/proc/cpuinfo', 'utf8');
+    } catch {
+      return; // not Linux: nothing to compare with
+    }
+    const isa = backendInfo().cpu.isa;
+    if (isa === 'avx512') expect(flags).toMatch(/\bavx512f\b/);
+    if (isa === 'avx2') expect(flags).toMatch(/\bavx2\b/);
+    // A CPU with AVX2 and FMA must not fall back to the generic kernels.
+    if (/\bavx2\b/.test(flags) && /\bfma\b/.test(flags)) expect(isa).not.toBe('generic');
+  });
+
+  it('says CUDA is unavailable on this machine and why', () => {
+    const hasGpu = fs.existsSync('/dev/nvidia0') || fs.existsSync('/dev/nvidiactl');
+    const info = backendInfo();
+    expect(typeof info.cuda.available).toBe('boolean');
+    if (hasGpu) return; // the CUDA suites cover machines with a device
+    expect(info.cuda.available).toBe(false);
+    expect(typeof info.cuda.reason).toBe('string');
+    expect(info.cuda.reason.trim().length).toBeGreaterThan(0);
+  });
+});
+
+// ---- Loading from a package root without a usable binary ----
+
+/** Transpiles lib/*.ts to CommonJS under `dest/lib`. */
+function transpileLib(dest: string) {
+  const libDir = path.join(ROOT, 'lib');
+  fs.mkdirSync(path.join(dest, 'lib'), { recursive: true });
+  for (const file of fs.readdirSync(libDir)) {
+    if (!file.endsWith('.ts') || file.endsWith('.d.ts')) continue;
+    const src = fs.readFileSync(path.join(libDir, file), 'utf8');
+    const out = ts.transpileModule(src, {
+      compilerOptions: {
+        module: ts.ModuleKind.CommonJS,
+        target: ts.ScriptTarget.ES2022,
+        esModuleInterop: true,
+      },
+      fileName: file,
+    });
+    fs.writeFileSync(path.join(dest, 'lib', file.replace(/\.ts$/, '.js')), out.outputText);
+  }
+}
+
+/** Makes a fake package root named luna-attention. */
+function makeRoot(base: string, name: string, opts: { nodeModules: boolean; garbageBinary?: boolean }): string {
+  const dir = path.join(base, name);
+  transpileLib(dir);
+  fs.writeFileSync(path.join(dir, 'package.json'), JSON.stringify({ name: 'luna-attention', version: '0.0.0' }));
+  if (opts.nodeModules) fs.symlinkSync(path.join(ROOT, 'node_modules'), path.join(dir, 'node_modules'), 'dir');
+  if (opts.garbageBinary) {
+    fs.mkdirSync(path.join(dir, 'build', 'Release'), { recursive: true });
+    fs.writeFileSync(path.join(dir, 'build', 'Release', 'luna_attention.node'), 'this is not a shared object\n');
+  }
+  return dir;
+}
+
+// Loads the copied lib in a fresh process and reports what happened, as JSON.
+const PROBE = String.raw`
+const dir = process.argv[2];
+const result = {};
+const capture = (fn) => { try { fn(); return null; } catch (e) { return { code: e.code, name: e.name, message: String(e.message) }; } };
+result.first = capture(() => require(dir + '/lib/native.js').loadNative());
+result.second = capture(() => require(dir + '/lib/native.js').loadNative());
+// The package imports and makes tensors without the addon; an op then reports the load error.
+let index = null;
+result.importIndex = capture(() => { index = require(dir + '/lib/index.js'); });
+if (index) {
+  result.tensor = capture(() => { if (index.tensor([1, 2]).shape[0] !== 2) throw new Error('bad tensor'); });
+  result.op = capture(() => { const z = index.zeros([1, 1, 2, 4]); index.ops.packAttention(z, z, z); });
+}
+process.stdout.write(JSON.stringify(result));
+`;
+
+interface ProbeResult {
+  first: { code: string; name: string; message: string } | null;
+  second: { code: string; name: string; message: string } | null;
+  importIndex: { code: string; message: string } | null;
+  tensor?: { code: string; message: string } | null;
+  op?: { code: string; message: string } | null;
+}
+
+function probe(dir: string): ProbeResult {
+  const script = path.join(dir, 'probe.cjs');
+  fs.writeFileSync(script, PROBE);
+  const r = spawnSync(process.execPath, [script, dir], { cwd: dir, encoding: 'utf8', timeout: 60_000 });
+  const info = `status=${r.status} signal=${r.signal}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`;
+  expect(r.signal, info).toBeNull();
+  expect(r.status, info).toBe(0);
+  return JSON.parse(r.stdout) as ProbeResult;
+}
+
+describe('ERR_NATIVE_LOAD from a package root without a usable binary', () => {
+  let base = '';
+  beforeAll(() => {
+    base = fs.mkdtempSync(path.join(os.tmpdir(), 'luna-loader-'));
+  });
+  afterAll(() => {
+    if (base) fs.rmSync(base, { recursive: true, force: true });
+  });
+
+  function expectHelpful(r: ProbeResult, dir: string, cause: RegExp) {
+    expect(r.first, JSON.stringify(r)).not.toBeNull();
+    expect(r.first!.code).toBe('ERR_NATIVE_LOAD');
+    expect(r.first!.name).toBe('LunaError');
+    // What went wrong, where it looked, and what to run.
+    expect(r.first!.message).toMatch(cause);
+    expect(r.first!.message).toContain(dir);
+    expect(r.first!.message).toMatch(/npm (re)?build|npm install|node-gyp/);
+    // The same error again, not a different one (and no crash) on the second try.
+    expect(r.second).toEqual(r.first);
+    // Importing the package does not need the addon.
+    expect(r.importIndex, JSON.stringify(r.importIndex)).toBeNull();
+    expect(r.tensor, JSON.stringify(r.tensor)).toBeNull();
+    expect(r.op?.code, JSON.stringify(r.op)).toBe('ERR_NATIVE_LOAD');
+  }
+
+  it('no binary at all', () => {
+    const dir = makeRoot(base, 'nobinary', { nodeModules: true });
+    expectHelpful(probe(dir), dir, /no compatible binary|could not load/i);
+  });
+
+  it('a corrupt binary', () => {
+    const dir = makeRoot(base, 'garbage', { nodeModules: true, garbageBinary: true });
+    const r = probe(dir);
+    expectHelpful(r, dir, /could not load|failed to load/i);
+    // The dynamic loader's own complaint is passed on.
+    expect(r.first!.message).toMatch(/ELF|invalid|too short|not a/i);
+  });
+
+  it('node-gyp-build itself missing', () => {
+    const dir = makeRoot(base, 'nomodules', { nodeModules: false });
+    expectHelpful(probe(dir), dir, /node-gyp-build/);
+  });
+});
