@@ -3,7 +3,8 @@
 # two builds cannot drift apart. CUDA is never built here (see CMakeLists.txt for that).
 #
 # No -march=native: the kernels pick AVX2/AVX-512 code paths at run time (function target
-# attributes plus a CPU check), so one binary runs on any x86-64 machine.
+# attributes plus a CPU check), so one binary runs on any x86-64 machine. -ffp-contract=off: the
+# kernels place their fused multiply-adds themselves (see CMakeLists.txt).
 {
   "targets": [
     {
@@ -20,8 +21,8 @@
       ],
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions", "-fno-rtti", "-std=gnu++17"],
-      "cflags": ["-O3", "-fvisibility=hidden", "-pthread"],
-      "cflags_cc": ["-std=c++17", "-O3", "-fexceptions", "-frtti", "-fvisibility=hidden", "-pthread"],
+      "cflags": ["-O3", "-ffp-contract=off", "-fvisibility=hidden", "-pthread"],
+      "cflags_cc": ["-std=c++17", "-O3", "-ffp-contract=off", "-fexceptions", "-frtti", "-fvisibility=hidden", "-pthread"],
       "ldflags": ["-pthread"],
       "xcode_settings": {
         "GCC_ENABLE_CPP_EXCEPTIONS": "YES",

@@ -115,11 +115,11 @@ function finish(data: AnyTypedArray, shape: readonly number[], dtype: DType, dev
  * numbers (NaN and infinities included); bool tensors take true/false/0/1, so that a stray 2 or
  * 0.5 in a mask is an error instead of a silent "truthy".
  */
-function store(where: string, out: AnyTypedArray, dtype: DType, i: number, value: unknown, path: () => string): void {
+function store(where: string, out: AnyTypedArray, dtype: DType, i: number, value: unknown, pathOf: (i: number) => string): void {
   if (dtype === 'bool') {
     if (value === true || value === 1) out[i] = 1;
     else if (value === false || value === 0) out[i] = 0;
-    else throw mismatch('ERR_ARGUMENT', where, `data${path()}`, 'true, false, 0 or 1 (dtype bool)', describe(value));
+    else throw mismatch('ERR_ARGUMENT', where, `data${pathOf(i)}`, 'true, false, 0 or 1 (dtype bool)', describe(value));
     return;
   }
   if (typeof value === 'number') {
@@ -129,7 +129,7 @@ function store(where: string, out: AnyTypedArray, dtype: DType, i: number, value
   throw mismatch(
     typeof value === 'boolean' ? 'ERR_DTYPE' : 'ERR_ARGUMENT',
     where,
-    `data${path()}`,
+    `data${pathOf(i)}`,
     `a number (dtype ${dtype})`,
     describe(value),
   );
@@ -253,7 +253,7 @@ export function tensor(data: TensorData, options?: TensorOptions): Tensor {
     // Fast path: typed-to-typed copy, no per-element checks needed.
     out.set(values);
   } else {
-    for (let i = 0; i < size; i++) store(where, out, dtype, i, values[i], () => pathOf(i));
+    for (let i = 0; i < size; i++) store(where, out, dtype, i, values[i], pathOf);
   }
   return finish(out, shape, dtype, device, requiresGrad);
 }

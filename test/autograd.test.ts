@@ -34,7 +34,9 @@ describe('backward()', () => {
   it('needs an explicit gradient for a non-scalar output', () => {
     const { q, k, v } = triple(rngFor('nonscalar'), 1, 1, 2, 3, 4);
     const y = ops.packAttention(q, k, v);
-    expectLunaError(() => y.backward(), 'ERR_SHAPE', /grad|one-element|scalar/i);
+    // A missing argument: ERR_ARGUMENT (design.md names no code; this pins lib's choice).
+    expectLunaError(() => y.backward(), 'ERR_ARGUMENT', /grad/);
+    expect(q.grad == null && k.grad == null).toBe(true);
   });
 
   it('defaults the gradient to 1 for a one-element output', () => {
@@ -118,6 +120,71 @@ describe('backward()', () => {
   });
 });
 
+describe('empty sizes', () => {
+  for (const op of ['pack', 'unpack'] as const) {
+    it(`${op}: no keys (lk = 0) means every row is fully masked: output 0, gradients 0`, () => {
+      const name = `${op} lk=0`;
+      const rng = rngFor(name);
+      const fn = op === 'pack' ? ops.packAttention : ops.unpackAttention;
+      const q = randTensor(rng, [2, 2, 3, 4], { requiresGrad: true });
+      const k = randTensor(rng, [2, 2, 0, 4], { requiresGrad: true });
+      const v = randTensor(rng, [2, 2, 0, 4], { requiresGrad: true });
+      const y = fn(q, k, v, { keyPaddingMask: maskTensor(new Uint8Array(0), 2, 0) });
+      expect(y.shape).toEqual([2, 2, 3, 4]);
+      expect(values(y).every((x) => x === 0), where(name)).toBe(true);
+      y.backward(randTensor(rng, y.shape));
+      expect(q.grad!.shape).toEqual([2, 2, 3, 4]);
+      expect(values(q.grad!).every((x) => x === 0), where(name)).toBe(true);
+      expect(k.grad!.shape).toEqual([2, 2, 0, 4]);
+    });
+
+    it(`${op}: no queries (lq = 0) gives an empty output and zero key/value gradients`, () => {
+      const name = `${op} lq=0`;
+      const rng = rngFor(name);
+      const fn = op === 'pack' ? ops.packAttention : ops.unpackAttention;
+      const q = randTensor(rng, [1, 2, 0, 4], { requiresGrad: true });
+      const k = randTensor(rng, [1, 2, 5, 4], { requiresGrad: true });
+      const y = fn(q, k, k);
+      expect(y.shape).toEqual([1, 2, 0, 4]);
+      y.backward(randTensor(rng, y.shape));
+      expect(k.grad!.shape).toEqual([1, 2, 5, 4]);
+      expect(values(k.grad!).every((x) => x === 0), where(name)).toBe(true);
+    });
+  }
+});
+
+describe('key/value aliasing', () => {
+  it('distinct k and v sharing storage (v = k.detach()) get the untied gradients', () => {
+    const name = 'aliased kv';
+    const rng = rngFor(name);
+    const q = randTensor(rng, [1, 2, 3, 4], { requiresGrad: true });
+    const k = randTensor(rng, [1, 2, 5, 4], { requiresGrad: true });
+    const g = randTensor(rng, [1, 2, 3, 4]);
+    const v = k.detach();
+    v.requiresGrad = true;
+    ops.packAttention(q, k, v).backward(g);
+    const k2 = cloneLeaf(k);
+    const v2 = cloneLeaf(k);
+    ops.packAttention(cloneLeaf(q), k2, v2).backward(g);
+    expect(values(k.grad!), where(name)).toEqual(values(k2.grad!));
+    expect(values(v.grad!), where(name)).toEqual(values(v2.grad!));
+  });
+
+  it('k === v (tied) gets dk + dv in one gradient', () => {
+    const name = 'tied kv';
+    const rng = rngFor(name);
+    const q = randTensor(rng, [2, 1, 4, 3], { requiresGrad: true });
+    const kv = randTensor(rng, [2, 1, 6, 3], { requiresGrad: true });
+    const g = randTensor(rng, [2, 1, 4, 3]);
+    ops.unpackAttention(q, kv, kv).backward(g);
+    const k2 = cloneLeaf(kv);
+    const v2 = cloneLeaf(kv);
+    ops.unpackAttention(cloneLeaf(q), k2, v2).backward(g);
+    const sum = values(k2.grad!).map((x, i) => x + values(v2.grad!)[i]);
+    expect(maxAbsDiff(values(kv.grad!), sum), where(name)).toBeLessThan(1e-12 * Math.max(1, maxAbs(sum)));
+  });
+});
+
 describe('registerHook', () => {
   it('sees the gradient of a leaf', () => {
     const rng = rngFor('hook sees');
@@ -173,7 +240,7 @@ describe('registerHook', () => {
     ops.unpackAttention(a.x, pa, pa).backward(g);
 
     const pb = ops.packAttention(b.pq, b.c, b.c);
-    let seenShape: number[] | null = null;
+    let seenShape: readonly number[] | null = null;
     pb.registerHook((grad: Tensor) => {
       seenShape = grad.shape;
       return scaled(grad, 2);

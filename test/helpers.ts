@@ -4,6 +4,7 @@
 // Every suite draws fresh random inputs each run. The seed is printed in every failure message
 // that depends on it; rerun with LUNA_TEST_SEED=<seed> to reproduce a failure exactly.
 import { expect } from 'vitest';
+import { tensor, type Tensor } from '../lib/index';
 
 function parseSeed(): number {
   const env = process.env.LUNA_TEST_SEED;
@@ -81,7 +82,6 @@ export function rngFor(label: string): Rng {
 }
 
 export type FloatArray = Float32Array | Float64Array;
-export type FloatCtor = Float32ArrayConstructor | Float64ArrayConstructor;
 
 /** n draws of N(0, scale^2) in a Float64Array. */
 export function randnF64(rng: Rng, n: number, scale = 1): Float64Array {
@@ -179,14 +179,13 @@ export function firstBitwiseDifference(a: FloatArray, b: FloatArray): number {
 }
 
 // ---- Tensor helpers (these need lib/) ----
-import { tensor, type Tensor } from '../lib/index';
 
 export type FloatDtype = 'float32' | 'float64';
 
 /** A tensor of N(0, scale^2) draws from `rng`. */
 export function randTensor(
   rng: Rng,
-  shape: number[],
+  shape: readonly number[],
   opts: { dtype?: FloatDtype; requiresGrad?: boolean; scale?: number } = {},
 ): Tensor {
   const n = shape.reduce((a, b) => a * b, 1);

@@ -44,24 +44,57 @@ describe('backendInfo()', () => {
   });
 });
 
+describe('default thread count', () => {
+  const THREADS = String.raw`
+    const root = process.argv[1]; // node -e SCRIPT ROOT: argv is [node, ROOT]
+    const addon = require(require.resolve('node-gyp-build', { paths: [root] }))(root);
+    process.stdout.write(String(addon.getNumThreads()));
+  `;
+  const threadsWith = (env: Record<string, string | undefined>) => {
+    const r = spawnSync(process.execPath, ['-e', THREADS, ROOT], {
+      cwd: ROOT,
+      encoding: 'utf8',
+      timeout: 60_000,
+      env: { ...process.env, ...env },
+    });
+    expect(r.status, r.stderr).toBe(0);
+    return Number(r.stdout);
+  };
+
+  it('is LUNA_NUM_THREADS when set, else every core', () => {
+    expect(threadsWith({ LUNA_NUM_THREADS: '3' })).toBe(3);
+    expect(threadsWith({ LUNA_NUM_THREADS: '1' })).toBe(1);
+    const env = { ...process.env };
+    delete env.LUNA_NUM_THREADS;
+    const r = spawnSync(process.execPath, ['-e', THREADS, ROOT], { cwd: ROOT, encoding: 'utf8', timeout: 60_000, env });
+    expect(r.status, r.stderr).toBe(0);
+    expect(Number(r.stdout)).toBe(os.availableParallelism());
+  });
+});
+
 // ---- Loading from a package root without a usable binary ----
 
-/** Transpiles lib/*.ts to CommonJS under `dest/lib`. */
-function transpileLib(dest: string) {
-  const libDir = path.join(ROOT, 'lib');
-  fs.mkdirSync(path.join(dest, 'lib'), { recursive: true });
-  for (const file of fs.readdirSync(libDir)) {
-    if (!file.endsWith('.ts') || file.endsWith('.d.ts')) continue;
-    const src = fs.readFileSync(path.join(libDir, file), 'utf8');
+// Transpiles every .ts file under lib/ to CommonJS under `dest/lib`, keeping the folder layout.
+function transpileLib(dest: string, rel = '') {
+  const srcDir = path.join(ROOT, 'lib', rel);
+  const outDir = path.join(dest, 'lib', rel);
+  fs.mkdirSync(outDir, { recursive: true });
+  for (const entry of fs.readdirSync(srcDir, { withFileTypes: true })) {
+    if (entry.isDirectory()) {
+      transpileLib(dest, path.join(rel, entry.name));
+      continue;
+    }
+    if (!entry.name.endsWith('.ts') || entry.name.endsWith('.d.ts')) continue;
+    const src = fs.readFileSync(path.join(srcDir, entry.name), 'utf8');
     const out = ts.transpileModule(src, {
       compilerOptions: {
         module: ts.ModuleKind.CommonJS,
         target: ts.ScriptTarget.ES2022,
         esModuleInterop: true,
       },
-      fileName: file,
+      fileName: entry.name,
     });
-    fs.writeFileSync(path.join(dest, 'lib', file.replace(/\.ts$/, '.js')), out.outputText);
+    fs.writeFileSync(path.join(outDir, entry.name.replace(/\.ts$/, '.js')), out.outputText);
   }
 }
 

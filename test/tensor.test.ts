@@ -224,14 +224,8 @@ describe('devices', () => {
     expectLunaError(() => tensor([1, 2], { device: 'cuda' }), 'ERR_DEVICE_UNAVAILABLE', /cuda/i);
   });
 
-  it('an unknown device name is ERR_ARGUMENT or ERR_DEVICE', () => {
-    let code = '';
-    try {
-      tensor([1], { device: 'tpu' as never });
-    } catch (e) {
-      code = (e as LunaError).code;
-    }
-    expect(['ERR_ARGUMENT', 'ERR_DEVICE']).toContain(code);
+  it('an unknown device name is ERR_DEVICE naming options.device', () => {
+    expectLunaError(() => tensor([1], { device: 'tpu' as never }), 'ERR_DEVICE', /device/);
   });
 });
 
@@ -326,14 +320,8 @@ describe('validation', () => {
     expectLunaError(() => zeros(['3'] as never), 'ERR_ARGUMENT');
   });
 
-  it('an unknown dtype -> ERR_DTYPE or ERR_ARGUMENT', () => {
-    let code = '';
-    try {
-      zeros([2], { dtype: 'int32' as never });
-    } catch (e) {
-      code = (e as LunaError).code;
-    }
-    expect(['ERR_DTYPE', 'ERR_ARGUMENT']).toContain(code);
+  it('an unknown dtype -> ERR_DTYPE naming options.dtype', () => {
+    expectLunaError(() => zeros([2], { dtype: 'int32' as never }), 'ERR_DTYPE', /dtype/);
   });
 
   it('more than 2^31 elements is refused before allocating', () => {
@@ -347,7 +335,7 @@ describe('validation', () => {
         err = e as LunaError;
       }
       expect(err, `zeros(${JSON.stringify(shape)}) should throw`).toBeInstanceOf(LunaError);
-      expect(['ERR_SHAPE', 'ERR_ARGUMENT']).toContain(err!.code);
+      expect(err!.code).toBe('ERR_ARGUMENT');
       expect(err!.message).toMatch(/2\^31|2147483648|too (large|many)|elements/i);
     }
     expect(() => randn([2 ** 16, 2 ** 16])).toThrow(LunaError);

@@ -150,7 +150,7 @@ void pack_backward(const AttentionParams<T>& p) {
       const T lse = p.lse[bh * L + i];
       // A fully masked row (lse = -inf) must give probability 0, not exp(+inf).
       neg_lse[i] = lse == neg_inf ? neg_inf : -lse;
-      D[i] = dot_row(dout + i * dh, p.out + (bh * L + i) * dh, dh);
+      D[i] = dot_as_gemm<T>(dh, dout + i * dh, p.out + (bh * L + i) * dh);
     }
     T* dq = part_dq.data() + task * L * dh;
     std::fill(dq, dq + L * dh, T(0));

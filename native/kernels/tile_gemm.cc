@@ -41,6 +41,14 @@ void gemm_generic(int64_t M, int64_t N, int64_t K, T alpha, const T* a, int64_t 
   }
 }
 
+// One lane of gemm_generic: a sequential sum of separately rounded products.
+template <typename T>
+T dot_generic(int64_t n, const T* a, const T* b) {
+  T s = 0;
+  for (int64_t p = 0; p < n; ++p) s += a[p] * b[p];
+  return s;
+}
+
 template <typename T>
 T max_row_generic(int64_t n, const T* s, const T* bias, T scale) {
   T m = -std::numeric_limits<T>::infinity();
@@ -52,7 +60,7 @@ template <typename T>
 T exp_row_generic(int64_t n, const T* s, const T* bias, T scale, T shift, T* out) {
   T sum = 0;
   for (int64_t j = 0; j < n; ++j) {
-    out[j] = std::exp(scale * s[j] + (bias ? bias[j] : T(0)) - shift);
+    out[j] = std::exp((scale * s[j] + (bias ? bias[j] : T(0))) - shift);
     sum += out[j];
   }
   return sum;
@@ -190,13 +198,23 @@ TARGET_AVX512 float exp_row_avx512(int64_t n, const float* s, const float* bias,
   __m512 sum = _mm512_setzero_ps();
   for (int64_t j = 0; j < n; j += 16) {
     const __mmask16 t = tail_mask16(n - j);
-    __m512 x = _mm512_fmsub_ps(_mm512_maskz_loadu_ps(t, s + j), vs, vshift);
+    // Multiply, add the bias, then subtract, each rounded as in max_row: the row's maximum
+    // then gives exactly exp(0) = 1 (a fused multiply-subtract would leave its rounding error).
+    __m512 x = _mm512_mul_ps(_mm512_maskz_loadu_ps(t, s + j), vs);
     if (bias) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(t, bias + j));
+    x = _mm512_sub_ps(x, vshift);
     const __m512 e = _mm512_maskz_mov_ps(t, exp_avx512(x));
     _mm512_mask_storeu_ps(out + j, t, e);
     sum = _mm512_add_ps(sum, e);
   }
   return _mm512_reduce_add_ps(sum);
+}
+
+// One lane of the AVX2 / AVX-512 GEMMs: a sequential chain of fused multiply-adds from 0.
+TARGET_AVX2 float dot_fma(int64_t n, const float* a, const float* b) {
+  __m128 acc = _mm_setzero_ps();
+  for (int64_t p = 0; p < n; ++p) acc = _mm_fmadd_ss(_mm_load_ss(a + p), _mm_load_ss(b + p), acc);
+  return _mm_cvtss_f32(acc);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -330,8 +348,9 @@ TARGET_AVX2 float exp_row_avx2(int64_t n, const float* s, const float* bias, flo
   __m256 sum = _mm256_setzero_ps();
   for (int64_t j = 0; j < n; j += 8) {
     const __m256i t = lane_mask8(n - j);
-    __m256 x = _mm256_fmsub_ps(_mm256_maskload_ps(s + j, t), vs, vshift);
+    __m256 x = _mm256_mul_ps(_mm256_maskload_ps(s + j, t), vs);  // unfused, as in exp_row_avx512
     if (bias) x = _mm256_add_ps(x, _mm256_maskload_ps(bias + j, t));
+    x = _mm256_sub_ps(x, vshift);
     const __m256 e = _mm256_and_ps(_mm256_castsi256_ps(t), exp_avx2(x));
     _mm256_maskstore_ps(out + j, t, e);
     sum = _mm256_add_ps(sum, e);
@@ -350,18 +369,19 @@ struct FloatKernels {
                int64_t, float*, int64_t, bool);
   float (*max_row)(int64_t, const float*, const float*, float);
   float (*exp_row)(int64_t, const float*, const float*, float, float, float*);
+  float (*dot)(int64_t, const float*, const float*);
 };
 
 const FloatKernels& float_kernels() {
   static const FloatKernels table = [] {
 #ifdef LUNA_X86
     switch (active_isa()) {
-      case Isa::Avx512: return FloatKernels{gemm_avx512, max_row_avx512, exp_row_avx512};
-      case Isa::Avx2: return FloatKernels{gemm_avx2, max_row_avx2, exp_row_avx2};
+      case Isa::Avx512: return FloatKernels{gemm_avx512, max_row_avx512, exp_row_avx512, dot_fma};
+      case Isa::Avx2: return FloatKernels{gemm_avx2, max_row_avx2, exp_row_avx2, dot_fma};
       default: break;
     }
 #endif
-    return FloatKernels{gemm_generic<float>, max_row_generic<float>, exp_row_generic<float>};
+    return FloatKernels{gemm_generic<float>, max_row_generic<float>, exp_row_generic<float>, dot_generic<float>};
   }();
   return table;
 }
@@ -396,6 +416,15 @@ template <>
 double exp_shifted_row<double>(int64_t n, const double* s, const double* bias, double scale, double shift,
                                double* out) {
   return exp_row_generic<double>(n, s, bias, scale, shift, out);
+}
+
+template <>
+float dot_as_gemm<float>(int64_t n, const float* a, const float* b) {
+  return float_kernels().dot(n, a, b);
+}
+template <>
+double dot_as_gemm<double>(int64_t n, const double* a, const double* b) {
+  return dot_generic<double>(n, a, b);
 }
 
 template <typename T>

@@ -30,6 +30,13 @@ T max_scaled_row(int64_t n, const T* s, const T* bias, T scale);
 template <typename T>
 T exp_shifted_row(int64_t n, const T* s, const T* bias, T scale, T shift, T* out);
 
+// sum_p a[p] * b[p], rounded exactly as one element of tile_gemm with alpha = 1 (the same
+// order, fused or unfused multiply-adds as the active build uses). The attention backward
+// computes D = rowsum(dO * O) with it, so that dS = P (dP - D) cancels exactly where it should
+// (a row with a single key: O equals that key's value row, dP equals D, dS is exactly 0).
+template <typename T>
+T dot_as_gemm(int64_t n, const T* a, const T* b);
+
 // dst[c x r] = src[r x c]^T, with row strides lds and ldd.
 template <typename T>
 void transpose_tile(int64_t rows, int64_t cols, const T* src, int64_t lds, T* dst, int64_t ldd);

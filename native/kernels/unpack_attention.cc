@@ -80,7 +80,7 @@ void unpack_forward(const AttentionParams<T>& p) {
 }
 
 // Backward of unpack_forward (luna-math.md 5.1): P = exp(scale S - lse), dP = dO V^T,
-// dS = P * (dP - D) with D = rowsum(dO * O), dq = scale dS K, and the sums over all queries
+// dS = P * (dP - D) with D = rowsum(P * dP) (= rowsum(dO * O)), dq = scale dS K, and the sums over all queries
 // dK = scale dS^T q, dV = P^T dO (one buffer holding dK + dV when tied).
 template <typename T>
 void unpack_backward(const AttentionParams<T>& p) {
@@ -112,7 +112,6 @@ void unpack_backward(const AttentionParams<T>& p) {
       const int64_t rows = std::min(block, q_end - i0);
       const int64_t row0 = bh * N + i0;
       const T* q = p.q + row0 * dh;
-      const T* out = p.out + row0 * dh;
       const T* dout = p.dout + row0 * dh;
       T* dq = p.dq + row0 * dh;
       tile_gemm<T>(rows, L, dh, T(1), q, dh, 1, keys.kt.data(), L, probs.data(), L, false);
@@ -128,7 +127,11 @@ void unpack_backward(const AttentionParams<T>& p) {
           continue;
         }
         exp_shifted_row<T>(L, pr, keys.bias_ptr, scale, lse, pr);
-        const T D = dot_row(dout + r * dh, out + r * dh, dh);
+        // D = rowsum(dO * O) equals rowsum(P * dP) since O = P V. The whole row is at hand
+        // here, so take the second form: it needs no read of O (less memory traffic), and
+        // sum_j dS_j is then 0 to rounding, exactly 0 for a row with one key.
+        T D = 0;
+        for (int64_t j = 0; j < L; ++j) D += pr[j] * dr[j];
         for (int64_t j = 0; j < L; ++j) dr[j] = pr[j] * (dr[j] - D);
       }
       // dq_tile (rows x dh) = scale dS (rows x l) . K (l x dh)
