@@ -4,7 +4,7 @@
 namespace luna {
 
 CudaProbe probe_cuda() {
-  return CudaProbe{false, false, 0, "built without CUDA (nvcc was not found at build time)"};
+  return CudaProbe{false, false, 0, "this binary was built without CUDA (the CPU-only node-gyp build, or a CMake build that found no nvcc); build with `npm run build:cmake` on a machine with nvcc"};
 }
 
 }  // namespace luna
