@@ -30,11 +30,4 @@ void mask_to_bias(const uint8_t* mask, int64_t len, std::vector<T>& bias) {
   for (int64_t j = 0; j < len; ++j) bias[j] = mask[j] ? -std::numeric_limits<T>::infinity() : T(0);
 }
 
-template <typename T>
-T dot_row(const T* a, const T* b, int64_t n) {
-  T s = 0;
-  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
-
 }  // namespace luna
