@@ -7,6 +7,7 @@
  */
 import { LunaError, checkNonNegativeInt, describe, formatShape, mismatch } from './errors';
 import { tryLoadNative } from './native';
+import { takeBuffer } from './pool';
 
 /** Element type of a tensor. `bool` is stored as a Uint8Array holding 0 or 1. */
 export type DType = 'float32' | 'float64' | 'bool';
@@ -155,27 +156,20 @@ export function bytesPerElement(dtype: DType): number {
 }
 
 /**
- * Allocates a zero-filled buffer. An allocation V8 refuses (out of memory, over its limits)
- * becomes ERR_ARGUMENT naming the size, rather than a bare RangeError.
+ * Allocates a zero-filled buffer (from the buffer pool when one of the size is free). An
+ * allocation V8 refuses (out of memory, over its limits) becomes ERR_ARGUMENT naming the size,
+ * rather than a bare RangeError.
  */
 export function allocate<D extends DType>(where: string, dtype: D, size: number): TypedArrayOf<D> {
-  try {
-    switch (dtype) {
-      case 'float32':
-        return new Float32Array(size) as TypedArrayOf<D>;
-      case 'float64':
-        return new Float64Array(size) as TypedArrayOf<D>;
-      default:
-        return new Uint8Array(size) as TypedArrayOf<D>;
-    }
-  } catch (err) {
-    throw new LunaError(
-      'ERR_ARGUMENT',
-      `${where}: could not allocate ${size} ${dtype} elements (${size * bytesPerElement(dtype)} bytes): ` +
-        `${err instanceof Error ? err.message : String(err)}`,
-      { cause: err },
-    );
-  }
+  return takeBuffer(where, dtype, size, true) as TypedArrayOf<D>;
+}
+
+/**
+ * Like {@link allocate} but the content is unspecified: for outputs a kernel overwrites
+ * completely. Skips the zero fill of a reused buffer.
+ */
+export function allocateUninit<D extends DType>(where: string, dtype: D, size: number): TypedArrayOf<D> {
+  return takeBuffer(where, dtype, size, false) as TypedArrayOf<D>;
 }
 
 /** The dtype a typed array stands for when no dtype is given, or null for other array types. */

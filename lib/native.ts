@@ -10,6 +10,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { createRequire } from 'node:module';
 import { LunaError } from './errors';
+import type { ElementwiseNative, GemmNative, NnNative } from './native-ops';
 
 /** A float buffer as the kernels take it; all float arrays of one call share one type. */
 export type FloatArray = Float32Array | Float64Array;
@@ -69,7 +70,7 @@ export interface NativeCudaInfo {
 }
 
 /** The functions the addon exports (native/INTERFACE.md). All are synchronous. */
-export interface NativeAddon {
+export interface NativeAddon extends GemmNative, ElementwiseNative, NnNative {
   packForward(args: AttentionForwardArgs): void;
   unpackForward(args: AttentionForwardArgs): void;
   packBackward(args: AttentionBackwardArgs): void;

@@ -28,6 +28,7 @@ import {
 import { inspect } from 'node:util';
 import type { GradNode } from './autograd';
 import { runBackward } from './autograd';
+import { giveBack } from './pool';
 
 // Node 20.4+ defines Symbol.dispose; older runtimes (and some bundlers' shims) do not. Define it
 // as the registered symbol Node itself uses, so `using` and Node's own code agree with us. This
@@ -75,7 +76,12 @@ export class Storage {
   release(): void {
     if (this.refs === 0) return;
     this.refs--;
-    if (this.refs === 0) this.buffer = null;
+    if (this.refs === 0) {
+      const buffer = this.buffer;
+      this.buffer = null;
+      // Nothing can reach the buffer any more: let the pool hand it to the next op.
+      if (buffer !== null) giveBack(buffer);
+    }
   }
 }
 

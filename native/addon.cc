@@ -2,6 +2,9 @@
 #include <napi.h>
 
 #include "bindings/attention_binding.h"
+#include "bindings/elementwise_binding.h"
+#include "bindings/gemm_binding.h"
+#include "bindings/nn_binding.h"
 #include "bindings/runtime_binding.h"
 
 namespace {
@@ -9,6 +12,9 @@ namespace {
 Napi::Object init(Napi::Env env, Napi::Object exports) {
   luna::register_attention(env, exports);
   luna::register_runtime(env, exports);
+  luna::register_gemm(env, exports);
+  luna::register_elementwise(env, exports);
+  luna::register_nn(env, exports);
   return exports;
 }
 

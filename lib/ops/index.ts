@@ -4,6 +4,10 @@
  * @packageDocumentation
  */
 import { packAttention, unpackAttention } from './attention';
+import { linearOps } from './linear';
+import { elementwiseOps } from './elementwise';
+import { shapeOps } from './shape';
+import { nnOps } from './nn-functional';
 
 export type { AttentionOptions } from './attention';
 
@@ -16,6 +20,10 @@ export const ops = Object.freeze({
   packAttention,
   /** Unpack attention: q [B,h,n,dh], k,v [B,h,l,dh] -> [B,h,n,dh]. See {@link unpackAttention}. */
   unpackAttention,
+  ...linearOps,
+  ...elementwiseOps,
+  ...shapeOps,
+  ...nnOps,
 });
 
 /** The type of the `ops` namespace object. */
