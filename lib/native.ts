@@ -36,6 +36,10 @@ export interface AttentionForwardArgs {
   dh: number;
   /** multiplies the logits */
   scale: number;
+  /** dropout probability on the attention probabilities, [0, 1); omitted = none */
+  dropout?: number;
+  /** seed of the dropout mask (non-negative safe integer); required with dropout */
+  seed?: number;
 }
 
 /** Arguments of the backward kernels: the forward's plus the upstream and output gradients. */

@@ -6,12 +6,13 @@
  *
  * @packageDocumentation
  */
-import { LunaError, checkFinite, checkOptions, describe, formatShape, mismatch } from '../errors';
+import { LunaError, checkFinite, checkInteger, checkOptions, describe, formatShape, mismatch } from '../errors';
+import { nextSeed } from '../seed';
 import { DType, Device, allocate, isFloatDType } from '../dtype';
 import { Storage, Tensor, assertLive, checkTensor, floatData, makeTensor, tensorData } from '../tensor';
 import { attachNode, shouldRecord } from '../autograd';
 import { AttentionBackwardArgs, AttentionForwardArgs, FloatArray, loadNative } from '../native';
-import { poison } from '../testing';
+import { outputBuffer, runKernel } from './common';
 
 /** Options of `packAttention` and `unpackAttention`. */
 export interface AttentionOptions {
@@ -22,6 +23,13 @@ export interface AttentionOptions {
   keyPaddingMask?: Tensor | null;
   /** Multiplies the logits q k^T. Must be finite. Default 1/sqrt(dh). */
   scale?: number;
+  /**
+   * Dropout probability on the attention probabilities, in [0, 1) (default 0). Applied inside
+   * the fused kernel after the softmax; the backward regenerates the same mask from the seed.
+   */
+  dropout?: number;
+  /** Seed of the dropout mask (a non-negative safe integer); default: drawn from the global stream (see manualSeed). */
+  seed?: number;
 }
 
 type Kind = 'pack' | 'unpack';
@@ -32,7 +40,7 @@ const NAMES: Record<Kind, { op: string; lq: string; lk: string }> = {
   unpack: { op: 'unpackAttention', lq: 'n', lk: 'l' },
 };
 
-const OPTION_KEYS = ['keyPaddingMask', 'scale'] as const;
+const OPTION_KEYS = ['keyPaddingMask', 'scale', 'dropout', 'seed'] as const;
 
 /** Everything validation establishes about one call. */
 interface Checked {
@@ -46,6 +54,9 @@ interface Checked {
   lk: number;
   dh: number;
   scale: number;
+  /** dropout probability and the mask's seed (seed unused when dropout is 0) */
+  dropout: number;
+  seed: number;
   dtype: DType;
   device: Device;
 }
@@ -104,22 +115,15 @@ function validate(kind: Kind, qIn: unknown, kIn: unknown, vIn: unknown, options:
   } else {
     scale = checkFinite(op, 'options.scale', opts.scale);
   }
-  return { q, k, v, mask, B, h, lq, lk, dh, scale, dtype: q.dtype, device: q.device };
-}
-
-/** Runs a kernel, turning a binding's TypeError/RangeError into a LunaError that says whose fault it is. */
-function callKernel(op: string, run: () => void): void {
-  try {
-    run();
-  } catch (err) {
-    if (err instanceof LunaError) throw err;
-    throw new LunaError(
-      'ERR_ARGUMENT',
-      `${op}: the native kernel refused its arguments (lib/ validation should have caught this; ` +
-        `please report it): ${err instanceof Error ? err.message : describe(err)}`,
-      { cause: err },
-    );
+  let dropout = 0;
+  if (opts.dropout !== undefined) {
+    dropout = checkFinite(op, 'options.dropout', opts.dropout);
+    if (dropout < 0 || dropout >= 1) {
+      throw mismatch('ERR_ARGUMENT', op, 'options.dropout', 'a probability in [0, 1)', describe(opts.dropout));
+    }
   }
+  const seed = opts.seed === undefined ? (dropout > 0 ? nextSeed() : 0) : checkInteger(op, 'options.seed', opts.seed, 0);
+  return { q, k, v, mask, B, h, lq, lk, dh, scale, dropout, seed, dtype: q.dtype, device: q.device };
 }
 
 /**
@@ -134,7 +138,7 @@ function isDegenerate(c: Checked): boolean {
 function attention(kind: Kind, qIn: Tensor, kIn: Tensor, vIn: Tensor, options?: AttentionOptions): Tensor {
   const c = validate(kind, qIn, kIn, vIn, options);
   const { op } = NAMES[kind];
-  const { q, k, v, mask, B, h, lq, lk, dh, scale, dtype, device } = c;
+  const { q, k, v, mask, B, h, lq, lk, dh, scale, dropout, seed, dtype, device } = c;
   const degenerate = isDegenerate(c);
   const addon = degenerate ? null : loadNative();
 
@@ -151,17 +155,20 @@ function attention(kind: Kind, qIn: Tensor, kIn: Tensor, vIn: Tensor, options?: 
   }
   const maskData = mask === null ? null : (tensorData(mask, op, 'options.keyPaddingMask') as Uint8Array);
 
-  const out = allocate(op, dtype, B * h * lq * dh) as FloatArray;
-  const lse = allocate(op, dtype, B * h * lq) as FloatArray;
-  poison(out, lse);
+  const out = outputBuffer(op, dtype, B * h * lq * dh);
+  const lse = outputBuffer(op, dtype, B * h * lq);
   const fwd: AttentionForwardArgs = { q: qData, k: kData, v: vData, mask: maskData, out, lse, B, h, lq, lk, dh, scale };
+  if (dropout > 0) {
+    fwd.dropout = dropout;
+    fwd.seed = seed;
+  }
   if (addon === null) {
     out.fill(0);
     lse.fill(Number.NEGATIVE_INFINITY);
   } else if (kind === 'pack') {
-    callKernel(op, () => addon.packForward(fwd));
+    runKernel(op, () => addon.packForward(fwd));
   } else {
-    callKernel(op, () => addon.unpackForward(fwd));
+    runKernel(op, () => addon.unpackForward(fwd));
   }
   const result = makeTensor(out, [B, h, lq, dh], dtype, device);
 
@@ -182,19 +189,18 @@ function attention(kind: Kind, qIn: Tensor, kIn: Tensor, vIn: Tensor, options?: 
       throw new LunaError('ERR_DISPOSED', `${where}: the saved tensors were already released`);
     }
     const dout = floatData(gradOut, where, 'gradient');
-    const dq = allocate(where, dtype, q.size) as FloatArray;
-    const dk = allocate(where, dtype, k.size) as FloatArray;
-    const dv = tied ? dk : (allocate(where, dtype, v.size) as FloatArray);
-    poison(dq, dk, dv);
+    const dq = outputBuffer(where, dtype, q.size);
+    const dk = outputBuffer(where, dtype, k.size);
+    const dv = tied ? dk : (outputBuffer(where, dtype, v.size));
     const args: AttentionBackwardArgs = { ...saved, dout, dq, dk, dv };
     if (addon === null) {
       dq.fill(0);
       dk.fill(0);
       dv.fill(0);
     } else if (kind === 'pack') {
-      callKernel(where, () => addon.packBackward(args));
+      runKernel(where, () => addon.packBackward(args));
     } else {
-      callKernel(where, () => addon.unpackBackward(args));
+      runKernel(where, () => addon.unpackBackward(args));
     }
     const grads = [makeTensor(dq, q.shape, dtype, device), makeTensor(dk, k.shape, dtype, device)];
     if (!tied) grads.push(makeTensor(dv, v.shape, dtype, device));

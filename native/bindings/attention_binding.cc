@@ -22,6 +22,15 @@ AttentionParams<T> read_params(const Napi::Object& o, napi_typedarray_type type,
   p.lk = dim_field(o, "lk");
   p.dh = dim_field(o, "dh");
   p.scale = finite_field(o, "scale");
+  Napi::Value dropout = o.Get("dropout");
+  if (!dropout.IsUndefined()) {
+    p.dropout = finite_field(o, "dropout");
+    if (p.dropout < 0 || p.dropout >= 1) throw Napi::RangeError::New(o.Env(), "dropout must be in [0, 1)");
+    const double seed = finite_field(o, "seed");
+    if (seed < 0 || seed > 9007199254740991.0 || std::floor(seed) != seed)
+      throw Napi::RangeError::New(o.Env(), "seed must be a non-negative safe integer");
+    p.seed = static_cast<uint64_t>(seed);
+  }
   Napi::Env env = o.Env();
   const int64_t q_len = checked_product(env, {p.B, p.h, p.lq, p.dh});
   const int64_t k_len = checked_product(env, {p.B, p.h, p.lk, p.dh});

@@ -27,6 +27,11 @@ struct AttentionParams {
   T* dv = nullptr;               // [B, h, lk, dh]
   int64_t B = 0, h = 0, lq = 0, lk = 0, dh = 0;
   double scale = 1.0;            // multiplies the logits
+  // Dropout on the attention probabilities (0 = none). Element (row i, key j) of (batch, head)
+  // bh is kept or dropped by counter_bits(seed, (bh * lq + i) * lk + j), so the backward, the
+  // reference and every thread count see the same mask.
+  double dropout = 0.0;
+  uint64_t seed = 0;
 
   bool tied() const { return k == v; }
 };

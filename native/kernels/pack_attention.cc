@@ -12,6 +12,7 @@
 
 #include "../runtime/thread_pool.h"
 #include "attention_common.h"
+#include "counter_rng.h"
 #include "tile_gemm.h"
 
 namespace luna {
@@ -37,6 +38,7 @@ void pack_forward(const AttentionParams<T>& p) {
   const int64_t chunks = ceil_div(M, kLongAxisChunk);
   const int64_t block = inner_block(L);
   const T scale = T(p.scale);
+  const DropoutMask<T> drop(p.dropout, p.seed);
   std::vector<T> part_out(BH * chunks * L * dh), part_max(BH * chunks * L), part_sum(BH * chunks * L);
 
   parallel_for(BH * chunks, [&](int64_t task) {
@@ -84,6 +86,11 @@ void pack_forward(const AttentionParams<T>& p) {
         }
         exp_shifted_row<T>(L, sr, neg_max.data(), scale, T(0), sr);
         for (int64_t i = 0; i < L; ++i) run_sum[i] += sr[i];
+        // Dropout after the sum: the normaliser counts every key, the output only kept ones.
+        if (drop.active) {
+          const uint64_t key = uint64_t(k0 + r);
+          for (int64_t i = 0; i < L; ++i) sr[i] *= drop.factor(uint64_t(bh * L + i) * M + key);
+        }
       }
       for (int64_t i = 0; i < L; ++i) {
         T* ai = acc + i * dh;
@@ -131,6 +138,7 @@ void pack_backward(const AttentionParams<T>& p) {
   const int64_t chunks = ceil_div(M, kLongAxisChunk);
   const int64_t block = inner_block(L);
   const T scale = T(p.scale);
+  const DropoutMask<T> drop(p.dropout, p.seed);
   const bool tied = p.tied();
   std::vector<T> part_dq(BH * chunks * L * dh);
 
@@ -145,7 +153,7 @@ void pack_backward(const AttentionParams<T>& p) {
     T* dv = p.dv + bh * M * dh;
     const uint8_t* mask = p.mask ? p.mask + b * M : nullptr;
     const std::vector<T> qt = transposed(q, L, dh), doutt = transposed(dout, L, dh);  // (dh x l)
-    std::vector<T> pt(block * L), dst(block * L), neg_lse(L), D(L);
+    std::vector<T> pt(block * L), dst(block * L), neg_lse(L), D(L), keep(drop.active ? block * L : 0);
     for (int64_t i = 0; i < L; ++i) {
       const T lse = p.lse[bh * L + i];
       // A fully masked row (lse = -inf) must give probability 0, not exp(+inf).
@@ -163,16 +171,27 @@ void pack_backward(const AttentionParams<T>& p) {
         if (mask && mask[k0 + r]) std::fill(pr, pr + L, T(0));
         else exp_shifted_row<T>(L, pr, neg_lse.data(), scale, T(0), pr);
       }
-      // dV_tile (rows x dh) = P^T (rows x l) . dO (l x dh). When tied this lands in dk and
-      // the dK product below adds onto it.
-      tile_gemm<T>(rows, dh, L, T(1), pt.data(), L, 1, dout, dh, dv + k0 * dh, dh, false);
-      // dP^T (rows x l) = V_tile (rows x dh) . dO^T (dh x l); then dS^T in place.
+      // dP^T (rows x l) = V_tile (rows x dh) . dO^T (dh x l); then dS^T in place. With dropout,
+      // dP^T first becomes the gradient of the undropped probabilities (times the mask factor).
       tile_gemm<T>(rows, L, dh, T(1), v + k0 * dh, dh, 1, doutt.data(), L, dst.data(), L, false);
+      if (drop.active) {
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t i = 0; i < L; ++i) {
+            const T f = drop.factor(uint64_t(bh * L + i) * M + uint64_t(k0 + r));
+            keep[r * L + i] = f;
+            dst[r * L + i] *= f;
+          }
+      }
       for (int64_t r = 0; r < rows; ++r) {
         const T* pr = pt.data() + r * L;
         T* dr = dst.data() + r * L;
         for (int64_t i = 0; i < L; ++i) dr[i] = pr[i] * (dr[i] - D[i]);
       }
+      // dV_tile (rows x dh) = P^T (rows x l) . dO (l x dh), with the dropped probabilities.
+      // When tied this lands in dk and the dK product below adds onto it.
+      if (drop.active)
+        for (int64_t x = 0; x < rows * L; ++x) pt[x] *= keep[x];
+      tile_gemm<T>(rows, dh, L, T(1), pt.data(), L, 1, dout, dh, dv + k0 * dh, dh, false);
       tile_gemm<T>(rows, dh, L, scale, dst.data(), L, 1, q, dh, dk + k0 * dh, dh, tied);
       // dq (l x dh) += scale dS (l x rows) . K_tile (rows x dh), dS read through dS^T.
       tile_gemm<T>(L, dh, rows, scale, dst.data(), 1, L, k + k0 * dh, dh, dq, dh, true);

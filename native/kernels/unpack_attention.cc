@@ -11,6 +11,7 @@
 
 #include "../runtime/thread_pool.h"
 #include "attention_common.h"
+#include "counter_rng.h"
 #include "tile_gemm.h"
 
 namespace luna {
@@ -43,6 +44,7 @@ void unpack_forward(const AttentionParams<T>& p) {
   const int64_t chunks = ceil_div(N, kLongAxisChunk);
   const int64_t block = inner_block(L);
   const T scale = T(p.scale);
+  const DropoutMask<T> drop(p.dropout, p.seed);
 
   parallel_for(BH * chunks, [&](int64_t task) {
     const int64_t bh = task / chunks, chunk = task % chunks, b = bh / p.h;
@@ -70,6 +72,11 @@ void unpack_forward(const AttentionParams<T>& p) {
         const T sum = exp_shifted_row<T>(L, pr, keys.bias_ptr, scale, top, pr);
         inv_sum[r] = T(1) / sum;
         lse[r] = top + std::log(sum);
+        // Dropout acts on the normalised probabilities; the normaliser (and lse) keeps every key.
+        if (drop.active) {
+          const uint64_t base = uint64_t(bh * N + i0 + r) * L;
+          for (int64_t j = 0; j < L; ++j) pr[j] *= drop.factor(base + j);
+        }
       }
       // O_tile (rows x dh) = P (rows x l) . V (l x dh), normalised per row afterwards.
       tile_gemm<T>(rows, dh, L, T(1), probs.data(), L, 1, v, dh, out, dh, false);
@@ -89,6 +96,7 @@ void unpack_backward(const AttentionParams<T>& p) {
   const int64_t chunks = ceil_div(N, kLongAxisChunk);
   const int64_t block = inner_block(L);
   const T scale = T(p.scale);
+  const DropoutMask<T> drop(p.dropout, p.seed);
   const bool tied = p.tied();
   const int64_t kv = L * dh;
   // Per task: partial dK then (untied) partial dV.
@@ -106,7 +114,7 @@ void unpack_backward(const AttentionParams<T>& p) {
     T* part_dk = parts.data() + task * part_len;
     T* part_dv = tied ? part_dk : part_dk + kv;
     std::fill(parts.data() + task * part_len, parts.data() + (task + 1) * part_len, T(0));
-    std::vector<T> probs(block * L), ds(block * L);
+    std::vector<T> probs(block * L), ds(block * L), keep(drop.active ? L : 0);
 
     for (int64_t i0 = q_begin; i0 < q_end; i0 += block) {
       const int64_t rows = std::min(block, q_end - i0);
@@ -127,12 +135,24 @@ void unpack_backward(const AttentionParams<T>& p) {
           continue;
         }
         exp_shifted_row<T>(L, pr, keys.bias_ptr, scale, lse, pr);
+        // With dropout, dr holds the gradient of the dropped probabilities; the gradient of
+        // the probabilities themselves is that times the mask factor.
+        if (drop.active) {
+          const uint64_t base = uint64_t(row0 + r) * L;
+          for (int64_t j = 0; j < L; ++j) {
+            keep[j] = drop.factor(base + j);
+            dr[j] *= keep[j];
+          }
+        }
         // D = rowsum(dO * O) equals rowsum(P * dP) since O = P V. The whole row is at hand
         // here, so take the second form: it needs no read of O (less memory traffic), and
         // sum_j dS_j is then 0 to rounding, exactly 0 for a row with one key.
         T D = 0;
         for (int64_t j = 0; j < L; ++j) D += pr[j] * dr[j];
         for (int64_t j = 0; j < L; ++j) dr[j] = pr[j] * (dr[j] - D);
+        // dV needs the dropped probabilities.
+        if (drop.active)
+          for (int64_t j = 0; j < L; ++j) pr[j] *= keep[j];
       }
       // dq_tile (rows x dh) = scale dS (rows x l) . K (l x dh)
       tile_gemm<T>(rows, dh, L, scale, ds.data(), L, 1, k, dh, dq, dh, false);

@@ -7,6 +7,8 @@
 #include <limits>
 #include <vector>
 
+#include "../kernels/counter_rng.h"
+
 namespace luna {
 
 namespace {
@@ -34,6 +36,7 @@ void row_logits(const AttentionParams<T>& p, const T* qi, const T* k, const uint
 template <typename T>
 void reference_forward(const AttentionParams<T>& p) {
   const T neg_inf = -std::numeric_limits<T>::infinity();
+  const DropoutMask<T> drop(p.dropout, p.seed);
   std::vector<T> s(p.lk);
   for (int64_t b = 0; b < p.B; ++b) {
     const uint8_t* mask = p.mask ? p.mask + b * p.lk : nullptr;
@@ -55,7 +58,7 @@ void reference_forward(const AttentionParams<T>& p) {
         T sum = 0;
         for (int64_t j = 0; j < p.lk; ++j) sum += std::exp(s[j] - mx);
         for (int64_t j = 0; j < p.lk; ++j) {
-          const T pj = std::exp(s[j] - mx) / sum;
+          const T pj = std::exp(s[j] - mx) / sum * (drop.active ? drop.factor(uint64_t(bh * p.lq + i) * p.lk + j) : T(1));
           for (int64_t c = 0; c < p.dh; ++c) oi[c] += pj * v[j * p.dh + c];
         }
         p.lse[bh * p.lq + i] = mx + std::log(sum);
@@ -69,6 +72,7 @@ void reference_forward(const AttentionParams<T>& p) {
 template <typename T>
 void reference_backward(const AttentionParams<T>& p) {
   const T neg_inf = -std::numeric_limits<T>::infinity();
+  const DropoutMask<T> drop(p.dropout, p.seed);
   std::vector<T> s(p.lk);
   const int64_t kv_size = p.B * p.h * p.lk * p.dh;
   for (int64_t x = 0; x < kv_size; ++x) p.dk[x] = 0;
@@ -96,11 +100,12 @@ void reference_backward(const AttentionParams<T>& p) {
         for (int64_t j = 0; j < p.lk; ++j) {
           if (mask && mask[j]) continue;
           const T pj = std::exp(s[j] - lse);
-          const T dsj = pj * (dot(doi, v + j * p.dh, p.dh) - D);
+          const T mj = drop.active ? drop.factor(uint64_t(row) * p.lk + j) : T(1);
+          const T dsj = pj * (mj * dot(doi, v + j * p.dh, p.dh) - D);
           for (int64_t c = 0; c < p.dh; ++c) {
             dqi[c] += T(p.scale) * dsj * k[j * p.dh + c];
             dk[j * p.dh + c] += T(p.scale) * dsj * qi[c];
-            dv[j * p.dh + c] += pj * doi[c];
+            dv[j * p.dh + c] += pj * mj * doi[c];
           }
         }
       }
