@@ -125,12 +125,22 @@ interface PendingGrad {
   owned: boolean;
 }
 
+/** Frees a gradient the engine owns and no longer needs, so its buffer returns to the pool. */
+function drop(g: PendingGrad): void {
+  if (g.owned) g.t.dispose();
+}
+
 function accumulate(pending: Map<Tensor, PendingGrad>, target: Tensor, g: PendingGrad): void {
   const prev = pending.get(target);
   if (prev === undefined) {
     pending.set(target, g);
   } else if (prev.owned) {
     addInto(prev.t, g.t);
+    drop(g);
+  } else if (g.owned) {
+    // Add into the new gradient instead of copying the shared one.
+    addInto(g.t, prev.t);
+    pending.set(target, g);
   } else {
     const sum = clone(prev.t);
     addInto(sum, g.t);
@@ -161,6 +171,7 @@ function accumulateIntoLeaf(leaf: Tensor, g: PendingGrad): void {
     leaf._grad = g.owned ? g.t : clone(g.t);
   } else {
     addInto(current, g.t);
+    drop(g);
   }
 }
 
@@ -263,6 +274,9 @@ export function runBackward(
       const needsGrad = node.inputs.map((x) => x._requiresGrad);
       const inputGrads = node.backward(g.t, needsGrad);
       node.release();
+      // The incoming gradient is dead once the node has run, unless it was passed straight
+      // through to an input or a hook of this tensor saw it (the hook may have kept it).
+      if (g.owned && t._hooks.length === 0 && !inputGrads.includes(g.t)) g.t.dispose();
       node.inputs.forEach((input, j) => {
         const ig = inputGrads[j];
         if (!needsGrad[j] || ig === null || ig === undefined) return;
