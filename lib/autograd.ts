@@ -15,6 +15,7 @@ import { LunaError, checkFunction, describe, formatShape, mismatch } from './err
 import { allocate, sameShape } from './dtype';
 import type { Tensor } from './tensor';
 import { assertLive, checkSameMeta, checkTensor, floatData, makeTensor } from './tensor';
+import { loadNative } from './native';
 
 /** One recorded op application: how to turn the output's gradient into its inputs' gradients. */
 export interface GradNode {
@@ -113,9 +114,18 @@ function clone(t: Tensor): Tensor {
   return makeTensor(floatData(t, 'backward', 'gradient').slice(), t._shape, t._dtype, t._device);
 }
 
+/** Below this many elements a JS loop beats the call into the addon. */
+const NATIVE_ADD_MIN = 1 << 14;
+
 function addInto(dst: Tensor, src: Tensor): void {
   const a = floatData(dst, 'backward', 'gradient');
   const b = floatData(src, 'backward', 'gradient');
+  if (a.length >= NATIVE_ADD_MIN) {
+    // The same-shape add is one flat loop over the elements, so writing into `a` while reading
+    // it is safe; the addon spreads it over the thread pool.
+    loadNative().elementwiseBinary({ op: 'add', a, b, out: a, shape: [a.length], aStrides: [1], bStrides: [1] });
+    return;
+  }
   for (let i = 0; i < a.length; i++) a[i] += b[i];
 }
 

@@ -349,3 +349,17 @@ describe('pack -> unpack chain (tied key/value = pack output)', () => {
     });
   }
 });
+
+describe('gradient accumulation of large tensors (native add)', () => {
+  it('sums the gradients of a tensor used several times', async () => {
+    const { ops, randn } = await import('../lib/index');
+    const x = randn([300, 100], { seed: 11, requiresGrad: true });
+    const y = ops.add(ops.mul(x, x), ops.scale(x, 3));
+    ops.sum(y).backward();
+    const g = x.grad!.dataSync();
+    const xv = x.dataSync();
+    let worst = 0;
+    for (let i = 0; i < g.length; i++) worst = Math.max(worst, Math.abs(g[i] - (2 * xv[i] + 3)));
+    expect(worst).toBeLessThan(1e-5);
+  });
+});

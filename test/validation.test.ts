@@ -90,7 +90,10 @@ describe.each(OPS)('%s argument validation', (name, op) => {
 
   it('unknown option key -> ERR_ARGUMENT naming it', () => {
     expectLunaError(() => op(q(), kv(), kv(), { keyPaddingmask: null }), 'ERR_ARGUMENT', /keyPaddingmask/);
-    expectLunaError(() => op(q(), kv(), kv(), { dropout: 0 }), 'ERR_ARGUMENT', /dropout/);
+    expectLunaError(() => op(q(), kv(), kv(), { dropOut: 0 }), 'ERR_ARGUMENT', /dropOut/);
+    // dropout is an option now: out of range, or with a bad seed, it is refused by name.
+    expectLunaError(() => op(q(), kv(), kv(), { dropout: 1 }), 'ERR_ARGUMENT', /options.dropout/);
+    expectLunaError(() => op(q(), kv(), kv(), { dropout: 0.1, seed: -1 }), 'ERR_ARGUMENT', /options.seed/);
   });
 
   it('options that are not an object -> ERR_ARGUMENT', () => {

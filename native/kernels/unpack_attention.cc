@@ -87,7 +87,7 @@ void unpack_forward(const AttentionParams<T>& p) {
 }
 
 // Backward of unpack_forward (luna-math.md 5.1): P = exp(scale S - lse), dP = dO V^T,
-// dS = P * (dP - D) with D = rowsum(P * dP) (= rowsum(dO * O)), dq = scale dS K, and the sums over all queries
+// dS = P * (dP - D) with D = rowsum(dO * O), dq = scale dS K, and the sums over all queries
 // dK = scale dS^T q, dV = P^T dO (one buffer holding dK + dV when tied).
 template <typename T>
 void unpack_backward(const AttentionParams<T>& p) {
@@ -144,11 +144,12 @@ void unpack_backward(const AttentionParams<T>& p) {
             dr[j] *= keep[j];
           }
         }
-        // D = rowsum(dO * O) equals rowsum(P * dP) since O = P V. The whole row is at hand
-        // here, so take the second form: it needs no read of O (less memory traffic), and
-        // sum_j dS_j is then 0 to rounding, exactly 0 for a row with one key.
-        T D = 0;
-        for (int64_t j = 0; j < L; ++j) D += pr[j] * dr[j];
+        // D = rowsum(dO * O), rounded as one GEMM lane, so that a row with a single key gives
+        // dS = 0 exactly (O is that key's value row and dP equals D). The equal rowsum(P * dP)
+        // would spare the read of O but is much less accurate: every P of the row carries the
+        // rounding of the float32 lse (relative ~|lse| * 2^-24, about 16 ulp at lse = 20), and
+        // through D that error lands in dP - D, where it is not small relative to the result.
+        const T D = dot_as_gemm<T>(dh, dout + r * dh, p.out + (row0 + r) * dh);
         for (int64_t j = 0; j < L; ++j) dr[j] = pr[j] * (dr[j] - D);
         // dV needs the dropped probabilities.
         if (drop.active)
