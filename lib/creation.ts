@@ -36,6 +36,7 @@ export type TensorData =
   | Float32Array
   | Float64Array
   | Uint8Array
+  | Int32Array
   | ArrayLike<number>
   | NestedArray<number>
   | NestedArray<boolean>;
@@ -44,7 +45,7 @@ export type TensorData =
 export interface TensorOptions {
   /** The shape; required only to give flat data more than one dimension. */
   shape?: readonly number[];
-  /** Default: the typed array's own dtype (Float32Array, Float64Array, Uint8Array -> bool), bool for boolean data, else float32. */
+  /** Default: the typed array's own dtype (Float32Array, Float64Array, Uint8Array -> bool, Int32Array -> int32), bool for boolean data, else float32. */
   dtype?: DType;
   /** Default 'cpu'. */
   device?: Device;
@@ -113,7 +114,8 @@ function finish(data: AnyTypedArray, shape: readonly number[], dtype: DType, dev
 /**
  * Writes element `i` of `out`, checking that the JS value suits the dtype: float tensors take
  * numbers (NaN and infinities included); bool tensors take true/false/0/1, so that a stray 2 or
- * 0.5 in a mask is an error instead of a silent "truthy".
+ * 0.5 in a mask is an error instead of a silent "truthy"; int32 tensors take integers in the
+ * int32 range, so that a fractional or huge id is an error instead of a silent wrap-around.
  */
 function store(where: string, out: AnyTypedArray, dtype: DType, i: number, value: unknown, pathOf: (i: number) => string): void {
   if (dtype === 'bool') {
@@ -121,6 +123,19 @@ function store(where: string, out: AnyTypedArray, dtype: DType, i: number, value
     else if (value === false || value === 0) out[i] = 0;
     else throw mismatch('ERR_ARGUMENT', where, `data${pathOf(i)}`, 'true, false, 0 or 1 (dtype bool)', describe(value));
     return;
+  }
+  if (dtype === 'int32') {
+    if (typeof value === 'number' && Number.isInteger(value) && value >= -2147483648 && value <= 2147483647) {
+      out[i] = value;
+      return;
+    }
+    throw mismatch(
+      typeof value === 'boolean' ? 'ERR_DTYPE' : 'ERR_ARGUMENT',
+      where,
+      `data${pathOf(i)}`,
+      'an integer in [-2147483648, 2147483647] (dtype int32)',
+      describe(value),
+    );
   }
   if (typeof value === 'number') {
     out[i] = value;
@@ -189,8 +204,10 @@ function indexPath(shape: readonly number[], flatIndex: number): string {
  * - nested arrays must be rectangular; their nesting is the shape (`options.shape`, if given,
  *   must equal it).
  *
- * The data is always copied. Default dtype: a Float32Array, Float64Array or Uint8Array keeps
- * its own (Uint8Array means bool), boolean data is bool, anything else is float32.
+ * The data is always copied. Default dtype: a Float32Array, Float64Array, Uint8Array or
+ * Int32Array keeps its own (Uint8Array means bool, Int32Array int32), boolean data is bool,
+ * anything else is float32. An int32 tensor takes integers in [-2^31, 2^31 - 1] only (a
+ * fraction or an out-of-range value is refused, never truncated) and cannot require grad.
  *
  * @example
  * const q = tensor([[1, 2], [3, 4]], { dtype: 'float64', requiresGrad: true });
@@ -216,7 +233,7 @@ export function tensor(data: TensorData, options?: TensorOptions): Tensor {
     pathOf = () => '';
   } else if (ArrayBuffer.isView(data) && !(data instanceof DataView)) {
     if (data instanceof BigInt64Array || data instanceof BigUint64Array) {
-      throw mismatch('ERR_DTYPE', where, 'data', 'a Float32Array, Float64Array, Uint8Array or another numeric typed array', describe(data));
+      throw mismatch('ERR_DTYPE', where, 'data', 'a Float32Array, Float64Array, Uint8Array, Int32Array or another numeric typed array', describe(data));
     }
     inferredDType = dtypeOfArray(data) ?? 'float32';
     values = data as unknown as ArrayLike<number>;
@@ -249,7 +266,10 @@ export function tensor(data: TensorData, options?: TensorOptions): Tensor {
     throw mismatch('ERR_SHAPE', where, 'data.length', `${size} (the element count of shape ${formatShape(shape)})`, String(values.length));
   }
   const out = allocate(where, dtype, size);
-  if (isFloatDType(dtype) && (values instanceof Float32Array || values instanceof Float64Array)) {
+  if (
+    (isFloatDType(dtype) && (values instanceof Float32Array || values instanceof Float64Array)) ||
+    (dtype === 'int32' && values instanceof Int32Array)
+  ) {
     // Fast path: typed-to-typed copy, no per-element checks needed.
     out.set(values);
   } else {

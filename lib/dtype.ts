@@ -9,8 +9,11 @@ import { LunaError, checkNonNegativeInt, describe, formatShape, mismatch } from 
 import { tryLoadNative } from './native';
 import { takeBuffer } from './pool';
 
-/** Element type of a tensor. `bool` is stored as a Uint8Array holding 0 or 1. */
-export type DType = 'float32' | 'float64' | 'bool';
+/**
+ * Element type of a tensor. `bool` is stored as a Uint8Array holding 0 or 1; `int32` (token
+ * ids, class targets) as an Int32Array. Only the float dtypes take part in autograd.
+ */
+export type DType = 'float32' | 'float64' | 'bool' | 'int32';
 
 /** The floating-point element types: the only ones that take part in math and autograd. */
 export type FloatDType = 'float32' | 'float64';
@@ -23,16 +26,17 @@ export interface DTypeArrayMap {
   float32: Float32Array;
   float64: Float64Array;
   bool: Uint8Array;
+  int32: Int32Array;
 }
 
 /** Any buffer a tensor can hold. */
 export type TypedArrayOf<D extends DType> = DTypeArrayMap[D];
 
 /** Any buffer a tensor can hold, whatever its dtype. */
-export type AnyTypedArray = Float32Array | Float64Array | Uint8Array;
+export type AnyTypedArray = Float32Array | Float64Array | Uint8Array | Int32Array;
 
 /** All dtypes, in the order messages list them. */
-export const DTYPES: readonly DType[] = ['float32', 'float64', 'bool'];
+export const DTYPES: readonly DType[] = ['float32', 'float64', 'bool', 'int32'];
 
 /** All device names, in the order messages list them. */
 export const DEVICES: readonly Device[] = ['cpu', 'cuda'];
@@ -152,7 +156,7 @@ export function sameShape(a: readonly number[], b: readonly number[]): boolean {
 
 /** Bytes per element of each dtype. */
 export function bytesPerElement(dtype: DType): number {
-  return dtype === 'float64' ? 8 : dtype === 'float32' ? 4 : 1;
+  return dtype === 'float64' ? 8 : dtype === 'float32' || dtype === 'int32' ? 4 : 1;
 }
 
 /**
@@ -177,5 +181,6 @@ export function dtypeOfArray(data: ArrayBufferView): DType | null {
   if (data instanceof Float32Array) return 'float32';
   if (data instanceof Float64Array) return 'float64';
   if (data instanceof Uint8Array) return 'bool';
+  if (data instanceof Int32Array) return 'int32';
   return null;
 }

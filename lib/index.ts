@@ -18,3 +18,33 @@ export { gradcheck } from './gradcheck';
 export type { GradcheckOptions, GradcheckFn } from './gradcheck';
 export { backendInfo, setNumThreads, getNumThreads } from './backend';
 export type { BackendInfo, CpuBackendInfo, CudaBackendInfo } from './backend';
+export {
+  saveSafetensors,
+  loadSafetensors,
+  serializeSafetensors,
+  deserializeSafetensors,
+  readSafetensorsHeader,
+} from './safetensors';
+export type { SaveSafetensorsOptions, LoadSafetensorsOptions, SafetensorsHeader } from './safetensors';
+export { optim } from './optim';
+export type {
+  Optim,
+  Optimizer,
+  SGD,
+  Adam,
+  AdamW,
+  Schedule,
+  LinearWarmupInverseSqrt,
+  LinearDecay,
+  ParamState,
+  SGDOptions,
+  AdamOptions,
+  ClipGradNormOptions,
+  LinearWarmupInverseSqrtOptions,
+  LinearDecayOptions,
+} from './optim';
+export { nn } from './nn';
+export type * from './nn';
+export { manualSeed } from './seed';
+export { poolStats, emptyPool } from './pool';
+export type { PoolStats } from './pool';

@@ -43,7 +43,9 @@ function fresh(dtype: DType, size: number): AnyTypedArray {
     ? new Float32Array(size)
     : dtype === 'float64'
       ? new Float64Array(size)
-      : new Uint8Array(size);
+      : dtype === 'int32'
+        ? new Int32Array(size)
+        : new Uint8Array(size);
 }
 
 /**
@@ -79,7 +81,14 @@ export function giveBack(buf: AnyTypedArray): void {
   const ab = buf.buffer as ArrayBuffer;
   if (!born.has(ab)) return;
   if (freeBytes + buf.byteLength > budgetBytes) return;
-  const dtype: DType = buf instanceof Float32Array ? 'float32' : buf instanceof Float64Array ? 'float64' : 'bool';
+  const dtype: DType =
+    buf instanceof Float32Array
+      ? 'float32'
+      : buf instanceof Float64Array
+        ? 'float64'
+        : buf instanceof Int32Array
+          ? 'int32'
+          : 'bool';
   const k = key(dtype, buf.length);
   let bucket = free.get(k);
   if (bucket === undefined) {

@@ -386,3 +386,12 @@ export function checkSameMeta(where: string, arg: string, a: Tensor, ref: Tensor
     throw mismatch('ERR_DEVICE', where, `${arg}.device`, ref._device, a._device);
   }
 }
+
+/**
+ * Internal: a new leaf tensor of `shape` over `t`'s storage (no copy, no graph): what reshape
+ * returns. The caller guarantees that `shape` has `t`'s element count.
+ */
+export function viewOf(t: Tensor, shape: readonly number[]): Tensor {
+  const storage = assertLive(t, 'viewOf');
+  return new Tensor(INTERNAL, storage.retain(), shape, t._dtype, t._device);
+}

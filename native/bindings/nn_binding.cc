@@ -1,8 +1,273 @@
-// Placeholder: being written (issue 3).
+// N-API bindings of the nn building blocks: one options object per call, copied into the
+// kernel's parameter struct (nn_kernels.h), then the fast kernel or, with `reference: true`,
+// the plain-loop reference. The argument shapes are documented in native/INTERFACE-nn.md.
+//
+// lib/ops/nn-functional.ts validates everything first and raises LunaError; the checks here
+// only make sure that a caller who reaches the raw addon gets a JS exception instead of a
+// crash (wrong types, wrong lengths, ids or targets that would index out of bounds).
 #include "nn_binding.h"
+
+#include <string>
+
+#include "../kernels/nn_kernels.h"
+#include "../reference/nn_reference.h"
+#include "binding_util.h"
 
 namespace luna {
 
-void register_nn(Napi::Env, Napi::Object) {}
+namespace {
+
+Napi::Error type_error(const Napi::Object& o, const std::string& msg) { return Napi::TypeError::New(o.Env(), msg); }
+Napi::Error range_error(const Napi::Object& o, const std::string& msg) { return Napi::RangeError::New(o.Env(), msg); }
+
+bool is_absent(const Napi::Value& v) { return v.IsNull() || v.IsUndefined(); }
+
+// A float array field of the call's element type and exact length, or null when absent.
+template <typename T>
+T* optional_array(const Napi::Object& o, const char* name, napi_typedarray_type type, int64_t length) {
+  if (is_absent(o.Get(name))) return nullptr;
+  return array_field<T>(o, name, type, length);
+}
+
+// An Int32Array field of exact length (binding_util's array_field names only float and byte
+// arrays in its messages).
+const int32_t* int32_field(const Napi::Object& o, const char* name, int64_t length) {
+  Napi::Value v = o.Get(name);
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+    throw type_error(o, std::string(name) + " must be an Int32Array");
+  Napi::TypedArray arr = v.As<Napi::TypedArray>();
+  if (static_cast<int64_t>(arr.ElementLength()) != length)
+    throw range_error(o, std::string(name) + " must have " + std::to_string(length) + " elements, got " +
+                             std::to_string(arr.ElementLength()));
+  const uint8_t* base = static_cast<const uint8_t*>(arr.ArrayBuffer().Data());
+  return reinterpret_cast<const int32_t*>(base + arr.ByteOffset());
+}
+
+// A number field in [lo, hi] (an integer when `integer`).
+double number_in(const Napi::Object& o, const char* name, double lo, double hi, bool integer) {
+  Napi::Value v = o.Get(name);
+  const double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : NAN;
+  if (!(d >= lo && d <= hi) || (integer && std::floor(d) != d))
+    throw range_error(o, std::string(name) + " must be " + (integer ? "an integer" : "a number") + " in [" +
+                             std::to_string(lo) + ", " + std::to_string(hi) + "]");
+  return d;
+}
+
+bool reference_flag(const Napi::Object& o) {
+  Napi::Value v = o.Get("reference");
+  if (is_absent(v)) return false;
+  if (!v.IsBoolean()) throw type_error(o, "reference must be a boolean");
+  return v.As<Napi::Boolean>().Value();
+}
+
+// The element type of a call, read from its first float array.
+napi_typedarray_type float_type(const Napi::Object& o, const char* name) {
+  Napi::Value v = o.Get(name);
+  if (v.IsTypedArray()) {
+    const napi_typedarray_type t = v.As<Napi::TypedArray>().TypedArrayType();
+    if (t == napi_float32_array || t == napi_float64_array) return t;
+  }
+  throw type_error(o, std::string(name) + " must be a Float32Array or Float64Array");
+}
+
+// Calls body<float> or body<double> by the type of the float array `key`.
+template <template <typename> class Body>
+Napi::Value dispatch(const Napi::CallbackInfo& info, const char* fn, const char* key) {
+  Napi::Object o = object_arg(info, fn);
+  const napi_typedarray_type type = float_type(o, key);
+  if (type == napi_float32_array) Body<float>::run(o, type, reference_flag(o));
+  else Body<double>::run(o, type, reference_flag(o));
+  return info.Env().Undefined();
+}
+
+// ---- layer norm ----
+
+template <typename T>
+LayerNormParams<T> layer_norm_params(const Napi::Object& o, napi_typedarray_type type) {
+  LayerNormParams<T> p;
+  p.rows = dim_field(o, "rows");
+  p.d = dim_field(o, "d");
+  const int64_t n = checked_product(o.Env(), {p.rows, p.d});
+  p.x = array_field<T>(o, "x", type, n);
+  p.weight = optional_array<T>(o, "weight", type, p.d);
+  p.mean = array_field<T>(o, "mean", type, p.rows);
+  p.rstd = array_field<T>(o, "rstd", type, p.rows);
+  return p;
+}
+
+template <typename T>
+struct LayerNormForward {
+  static void run(const Napi::Object& o, napi_typedarray_type type, bool ref) {
+    LayerNormParams<T> p = layer_norm_params<T>(o, type);
+    p.eps = number_in(o, "eps", 0, 1e300, false);
+    p.bias = optional_array<T>(o, "bias", type, p.d);
+    p.out = array_field<T>(o, "out", type, p.rows * p.d);
+    ref ? reference_layer_norm_forward(p) : layer_norm_forward(p);
+  }
+};
+
+template <typename T>
+struct LayerNormBackward {
+  static void run(const Napi::Object& o, napi_typedarray_type type, bool ref) {
+    LayerNormParams<T> p = layer_norm_params<T>(o, type);
+    p.dout = array_field<T>(o, "dout", type, p.rows * p.d);
+    p.dx = optional_array<T>(o, "dx", type, p.rows * p.d);
+    p.dweight = optional_array<T>(o, "dweight", type, p.d);
+    p.dbias = optional_array<T>(o, "dbias", type, p.d);
+    ref ? reference_layer_norm_backward(p) : layer_norm_backward(p);
+  }
+};
+
+// ---- activations ----
+
+enum class Act { Gelu, Relu };
+
+template <Act act>
+struct ActivationEntry {
+  template <typename T>
+  struct Forward {
+    static void run(const Napi::Object& o, napi_typedarray_type type, bool ref) {
+      ActivationParams<T> p;
+      p.n = dim_field(o, "n");
+      p.x = array_field<T>(o, "x", type, p.n);
+      p.out = array_field<T>(o, "out", type, p.n);
+      if (act == Act::Gelu) ref ? reference_gelu_forward(p) : gelu_forward(p);
+      else ref ? reference_relu_forward(p) : relu_forward(p);
+    }
+  };
+  template <typename T>
+  struct Backward {
+    static void run(const Napi::Object& o, napi_typedarray_type type, bool ref) {
+      ActivationParams<T> p;
+      p.n = dim_field(o, "n");
+      p.x = array_field<T>(o, "x", type, p.n);
+      p.dout = array_field<T>(o, "dout", type, p.n);
+      p.dx = array_field<T>(o, "dx", type, p.n);
+      if (act == Act::Gelu) ref ? reference_gelu_backward(p) : gelu_backward(p);
+      else ref ? reference_relu_backward(p) : relu_backward(p);
+    }
+  };
+};
+
+// ---- dropout: forward maps x -> out, backward the same mask maps dout -> dx ----
+
+template <bool backward>
+struct DropoutEntry {
+  template <typename T>
+  struct Body {
+    static void run(const Napi::Object& o, napi_typedarray_type type, bool ref) {
+      DropoutParams<T> p;
+      p.n = dim_field(o, "n");
+      p.p = number_in(o, "p", 0, 1, false);
+      p.seed = static_cast<uint64_t>(number_in(o, "seed", 0, 9007199254740991.0, true));
+      p.in = array_field<T>(o, backward ? "dout" : "x", type, p.n);
+      p.out = array_field<T>(o, backward ? "dx" : "out", type, p.n);
+      ref ? reference_dropout_apply(p) : dropout_apply(p);
+    }
+  };
+};
+
+// ---- embedding ----
+
+template <typename T>
+EmbeddingParams<T> embedding_params(const Napi::Object& o) {
+  EmbeddingParams<T> p;
+  p.n = dim_field(o, "n");
+  p.V = dim_field(o, "V");
+  p.d = dim_field(o, "d");
+  checked_product(o.Env(), {p.n, p.d});
+  checked_product(o.Env(), {p.V, p.d});
+  p.ids = int32_field(o, "ids", p.n);
+  for (int64_t i = 0; i < p.n; ++i)
+    if (p.ids[i] < 0 || p.ids[i] >= p.V)
+      throw range_error(o, "ids[" + std::to_string(i) + "] = " + std::to_string(p.ids[i]) + " is out of range [0, " +
+                               std::to_string(p.V) + ")");
+  return p;
+}
+
+template <typename T>
+struct EmbeddingForward {
+  static void run(const Napi::Object& o, napi_typedarray_type type, bool ref) {
+    EmbeddingParams<T> p = embedding_params<T>(o);
+    p.weight = array_field<T>(o, "weight", type, p.V * p.d);
+    p.out = array_field<T>(o, "out", type, p.n * p.d);
+    ref ? reference_embedding_forward(p) : embedding_forward(p);
+  }
+};
+
+template <typename T>
+struct EmbeddingBackward {
+  static void run(const Napi::Object& o, napi_typedarray_type type, bool ref) {
+    EmbeddingParams<T> p = embedding_params<T>(o);
+    p.padding_idx = is_absent(o.Get("paddingIdx")) ? -1 : static_cast<int64_t>(number_in(o, "paddingIdx", -1, double(p.V - 1), true));
+    p.dout = array_field<T>(o, "dout", type, p.n * p.d);
+    p.dweight = array_field<T>(o, "dweight", type, p.V * p.d);
+    ref ? reference_embedding_backward(p) : embedding_backward(p);
+  }
+};
+
+// ---- cross-entropy ----
+
+template <typename T>
+CrossEntropyParams<T> cross_entropy_params(const Napi::Object& o, napi_typedarray_type type) {
+  CrossEntropyParams<T> p;
+  p.N = dim_field(o, "N");
+  p.C = dim_field(o, "C");
+  const int64_t n = checked_product(o.Env(), {p.N, p.C});
+  p.label_smoothing = number_in(o, "labelSmoothing", 0, 1, false);
+  p.ignore_index = static_cast<int64_t>(number_in(o, "ignoreIndex", -9007199254740991.0, 9007199254740991.0, true));
+  p.logits = array_field<T>(o, "logits", type, n);
+  p.targets = int32_field(o, "targets", p.N);
+  for (int64_t i = 0; i < p.N; ++i) {
+    const int64_t t = p.targets[i];
+    if (t != p.ignore_index && (t < 0 || t >= p.C))
+      throw range_error(o, "targets[" + std::to_string(i) + "] = " + std::to_string(t) + " is out of range [0, " +
+                               std::to_string(p.C) + ") and is not ignoreIndex");
+  }
+  p.lse = array_field<T>(o, "lse", type, p.N);
+  return p;
+}
+
+template <typename T>
+struct CrossEntropyForward {
+  static void run(const Napi::Object& o, napi_typedarray_type type, bool ref) {
+    CrossEntropyParams<T> p = cross_entropy_params<T>(o, type);
+    p.loss = array_field<T>(o, "loss", type, p.N);
+    ref ? reference_cross_entropy_forward(p) : cross_entropy_forward(p);
+  }
+};
+
+template <typename T>
+struct CrossEntropyBackward {
+  static void run(const Napi::Object& o, napi_typedarray_type type, bool ref) {
+    CrossEntropyParams<T> p = cross_entropy_params<T>(o, type);
+    p.dloss = array_field<T>(o, "dloss", type, p.N);
+    p.dlogits = array_field<T>(o, "dlogits", type, p.N * p.C);
+    ref ? reference_cross_entropy_backward(p) : cross_entropy_backward(p);
+  }
+};
+
+template <template <typename> class Body>
+void add(Napi::Env env, Napi::Object exports, const char* name, const char* key) {
+  exports.Set(name, Napi::Function::New(
+                        env, [name, key](const Napi::CallbackInfo& info) { return dispatch<Body>(info, name, key); }, name));
+}
+
+}  // namespace
+
+void register_nn(Napi::Env env, Napi::Object exports) {
+  add<LayerNormForward>(env, exports, "layerNormForward", "x");
+  add<LayerNormBackward>(env, exports, "layerNormBackward", "x");
+  add<ActivationEntry<Act::Gelu>::Forward>(env, exports, "geluForward", "x");
+  add<ActivationEntry<Act::Gelu>::Backward>(env, exports, "geluBackward", "x");
+  add<ActivationEntry<Act::Relu>::Forward>(env, exports, "reluForward", "x");
+  add<ActivationEntry<Act::Relu>::Backward>(env, exports, "reluBackward", "x");
+  add<DropoutEntry<false>::Body>(env, exports, "dropoutForward", "x");
+  add<DropoutEntry<true>::Body>(env, exports, "dropoutBackward", "dout");
+  add<EmbeddingForward>(env, exports, "embeddingForward", "weight");
+  add<EmbeddingBackward>(env, exports, "embeddingBackward", "dout");
+  add<CrossEntropyForward>(env, exports, "crossEntropyForward", "logits");
+  add<CrossEntropyBackward>(env, exports, "crossEntropyBackward", "logits");
+}
 
 }  // namespace luna
