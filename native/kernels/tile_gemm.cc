@@ -10,15 +10,7 @@
 
 #include "../runtime/cpu_features.h"
 
-#if defined(__x86_64__)
-// GCC 12 warns inside its own AVX-512 headers (the "undefined" pass-through operands).
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#include <immintrin.h>
-#define LUNA_X86 1
-#define TARGET_AVX2 __attribute__((target("avx2,fma")))
-#define TARGET_AVX512 __attribute__((target("avx512f,avx2,fma")))
-#endif
+#include "simd_math.h"
 
 namespace luna {
 
@@ -153,28 +145,6 @@ TARGET_AVX512 void gemm_avx512(int64_t M, int64_t N, int64_t K, float alpha, con
   }
 }
 
-// exp(x) for x <= 88: Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, a degree-7 Taylor
-// polynomial (relative error ~5e-9, below float rounding) and scalef for 2^n. Inputs below
-// -87.3 (including -inf from masked keys) give exactly 0; NaN stays NaN.
-TARGET_AVX512 inline __m512 exp_avx512(__m512 x) {
-  const __m512 lo = _mm512_set1_ps(-87.3f);
-  const __mmask16 underflow = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
-  x = _mm512_min_ps(_mm512_set1_ps(88.3f), x);
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 poly = _mm512_set1_ps(1.0f / 5040);
-  poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(1.0f / 720));
-  poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(1.0f / 120));
-  poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(1.0f / 24));
-  poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(1.0f / 6));
-  poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(0.5f));
-  poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(1.0f));
-  poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(1.0f));
-  return _mm512_maskz_mov_ps(static_cast<__mmask16>(~underflow), _mm512_scalef_ps(poly, n));
-}
-
 inline __mmask16 tail_mask16(int64_t remaining) {
   return static_cast<__mmask16>(remaining >= 16 ? 0xFFFF : (1u << remaining) - 1);
 }
@@ -299,29 +269,6 @@ TARGET_AVX2 void gemm_avx2(int64_t M, int64_t N, int64_t K, float alpha, const f
       else rows_avx2<1>(mr, K, alpha, ai, ars, acs, b + j0, ldb, ci, ldc, tail, accumulate);
     }
   }
-}
-
-// Same reduction and polynomial as exp_avx512; 2^n is built in the exponent bits (n stays in
-// [-126, 127] after the clamp, so the result is a normal float).
-TARGET_AVX2 inline __m256 exp_avx2(__m256 x) {
-  const __m256 lo = _mm256_set1_ps(-87.3f);
-  const __m256 keep = _mm256_cmp_ps(x, lo, _CMP_NLT_UQ);  // false only for x < -87.3
-  x = _mm256_min_ps(_mm256_set1_ps(88.3f), x);
-  x = _mm256_max_ps(lo, x);
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 poly = _mm256_set1_ps(1.0f / 5040);
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f / 720));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f / 120));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f / 24));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f / 6));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(0.5f));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f));
-  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_and_ps(keep, _mm256_mul_ps(poly, _mm256_castsi256_ps(bits)));
 }
 
 TARGET_AVX2 float max_row_avx2(int64_t n, const float* s, const float* bias, float scale) {
