@@ -8,8 +8,6 @@
 // 3. Times pack+unpack forward and backward at B=4, n=4096, h=4, dh=64, l in {16,64,128,256}
 //    (k === v as in Luna's tied projection) and prints GFLOP/s and the fraction of the peak.
 // Flags: --validate-only, --reps N, --threads N. The last line is `RESULT_JSON {...}`.
-#include <dlfcn.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -27,45 +25,15 @@
 #include "../native/reference/attention_reference.h"
 #include "../native/runtime/cpu_features.h"
 #include "../native/runtime/thread_pool.h"
+#include "bench_common.h"
 
 using namespace luna;
+using namespace luna::bench;
 
 namespace {
 
-double now_ms() {
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-double median_ms(int reps, const std::function<void()>& fn) {
-  fn();  // warm-up
-  std::vector<double> t;
-  for (int r = 0; r < reps; ++r) {
-    const double t0 = now_ms();
-    fn();
-    t.push_back(now_ms() - t0);
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
-
-std::vector<float> randn(size_t n, std::mt19937_64& rng, float sd = 1.0f) {
-  std::normal_distribution<float> dist(0.0f, sd);
-  std::vector<float> x(n);
-  for (auto& v : x) v = dist(rng);
-  return x;
-}
-
 template <typename T>
 std::vector<double> widen(const std::vector<T>& x) { return std::vector<double>(x.begin(), x.end()); }
-
-double max_abs_diff(const std::vector<float>& a, const std::vector<double>& ref) {
-  double m = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    const double d = std::isinf(ref[i]) && a[i] == ref[i] ? 0.0 : std::fabs(double(a[i]) - ref[i]);
-    m = std::isnan(d) ? std::numeric_limits<double>::infinity() : std::max(m, d);
-  }
-  return m;
-}
 
 double max_abs(const std::vector<double>& x) {
   double m = 0;
@@ -172,21 +140,10 @@ bool validate_all() {
 
 // sgemm peak: OpenBLAS when it can be loaded (the library PyTorch uses here), else our tile GEMM.
 double measure_sgemm_peak(std::string& source) {
-  using Sgemm = void (*)(int, int, int, int, int, int, float, const float*, int, const float*, int, float, float*, int);
-  using SetThreads = void (*)(int);
-  for (const char* lib : {"libopenblas.so.0", "libopenblas.so", "libopenblasp-r0.3.21.so"}) {
-    void* h = dlopen(lib, RTLD_NOW | RTLD_LOCAL);
-    if (!h) continue;
-    auto sgemm = reinterpret_cast<Sgemm>(dlsym(h, "cblas_sgemm"));
-    auto set_threads = reinterpret_cast<SetThreads>(dlsym(h, "openblas_set_num_threads"));
-    if (!sgemm) continue;
-    if (set_threads) set_threads(num_threads());
-    const int n = 2048;
-    std::mt19937_64 rng(1);
-    std::vector<float> a = randn(size_t(n) * n, rng), b = randn(size_t(n) * n, rng), c(size_t(n) * n);
-    const double ms = median_ms(5, [&] { sgemm(101, 111, 111, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n); });
-    source = std::string("OpenBLAS cblas_sgemm 2048^3 (") + lib + ")";
-    return 2.0 * n * n * double(n) / ms / 1e6;
+  std::string lib;
+  if (Sgemm sgemm = load_openblas(lib)) {
+    source = "OpenBLAS cblas_sgemm 2048^3 (" + lib + ")";
+    return openblas_peak(sgemm, 5);
   }
   // Fallback: every thread runs our tile GEMM on its own L1-resident 64x64x64 tile.
   const int64_t t = 64, inner = 200;

@@ -11,7 +11,6 @@
 //    at x [16384, 256] with W [256, 256] and [1024, 256]; prints GFLOP/s, the fraction of the
 //    sgemm peak, and OpenBLAS running the same three GEMMs (what PyTorch's linear calls here).
 // Flags: --validate-only, --reps N, --threads N. The last line is `RESULT_JSON {...}`.
-#include <dlfcn.h>
 
 #include <algorithm>
 #include <chrono>
@@ -29,61 +28,12 @@
 #include "../native/reference/gemm_reference.h"
 #include "../native/runtime/cpu_features.h"
 #include "../native/runtime/thread_pool.h"
+#include "bench_common.h"
 
 using namespace luna;
+using namespace luna::bench;
 
 namespace {
-
-double now_ms() {
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-double median_ms(int reps, const std::function<void()>& fn) {
-  fn();  // warm-up
-  std::vector<double> t;
-  for (int r = 0; r < reps; ++r) {
-    const double t0 = now_ms();
-    fn();
-    t.push_back(now_ms() - t0);
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
-
-std::vector<float> randn(size_t n, std::mt19937_64& rng, float sd = 1.0f) {
-  std::normal_distribution<float> dist(0.0f, sd);
-  std::vector<float> x(n);
-  for (auto& v : x) v = dist(rng);
-  return x;
-}
-
-double max_abs_diff(const std::vector<float>& a, const std::vector<double>& ref) {
-  double m = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    const double d = std::fabs(double(a[i]) - ref[i]);
-    m = std::isnan(d) ? std::numeric_limits<double>::infinity() : std::max(m, d);
-  }
-  return m;
-}
-
-// ---- OpenBLAS, when it can be loaded (the library PyTorch uses on this machine) ----
-using Sgemm = void (*)(int, int, int, int, int, int, float, const float*, int, const float*, int, float, float*, int);
-constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
-
-Sgemm load_openblas(std::string& name) {
-  using SetThreads = void (*)(int);
-  for (const char* lib : {"libopenblas.so.0", "libopenblas.so", "libopenblasp-r0.3.21.so"}) {
-    void* h = dlopen(lib, RTLD_NOW | RTLD_LOCAL);
-    if (!h) continue;
-    auto sgemm = reinterpret_cast<Sgemm>(dlsym(h, "cblas_sgemm"));
-    auto set_threads = reinterpret_cast<SetThreads>(dlsym(h, "openblas_set_num_threads"));
-    if (!sgemm) continue;
-    if (set_threads) set_threads(num_threads());
-    name = lib;
-    return sgemm;
-  }
-  return nullptr;
-}
 
 // ---- validation ----
 struct Case { bool ta, tb; int64_t batch, M, N, K; float alpha, beta; bool bias, shared_b; };
@@ -235,20 +185,15 @@ int main(int argc, char** argv) {
   std::mt19937_64 rng(7);
   double peak;
   std::string peak_source;
-  {
+  if (sgemm) {
+    peak_source = "OpenBLAS cblas_sgemm 2048^3 (" + blas_name + ")";
+    peak = openblas_peak(sgemm, reps);
+  } else {
     const int n = 2048;
     std::vector<float> a = randn(size_t(n) * n, rng), b = randn(size_t(n) * n, rng), c(size_t(n) * n);
-    if (sgemm) {
-      const double ms = median_ms(reps, [&] {
-        sgemm(kRowMajor, kNoTrans, kNoTrans, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
-      });
-      peak_source = "OpenBLAS cblas_sgemm 2048^3 (" + blas_name + ")";
-      peak = 2.0 * n * n * double(n) / ms / 1e6;
-    } else {
-      const double ms = median_ms(reps, [&] { gemm<float>(false, false, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n); });
-      peak_source = "own GEMM 2048^3 (OpenBLAS not found)";
-      peak = 2.0 * n * n * double(n) / ms / 1e6;
-    }
+    const double ms = median_ms(reps, [&] { gemm<float>(false, false, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n); });
+    peak_source = "own GEMM 2048^3 (OpenBLAS not found)";
+    peak = 2.0 * n * n * double(n) / ms / 1e6;
   }
   std::printf("sgemm peak: %.1f GFLOP/s on %d threads [%s]\n", peak, num_threads(), peak_source.c_str());
   std::printf("%-22s %8s %8s %8s %8s %10s %11s %8s %10s %9s\n", "linear x[M,K] W[N,K]", "fwd ms", "dX ms", "dW ms",

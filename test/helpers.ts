@@ -204,3 +204,18 @@ export function maskTensor(m: Uint8Array, B: number, lk: number): Tensor {
 export function values(t: Tensor): number[] {
   return Array.from(t.dataSync() as ArrayLike<number>);
 }
+
+/** Number of elements of a shape. */
+export function shapeSize(shape: readonly number[]): number {
+  return shape.reduce((p, n) => p * n, 1);
+}
+
+/** The multi-index of flat (row-major) index `i` in `shape`. */
+export function unravel(i: number, shape: readonly number[]): number[] {
+  const idx = new Array<number>(shape.length);
+  for (let d = shape.length - 1; d >= 0; d--) {
+    idx[d] = i % shape[d];
+    i = Math.floor(i / shape[d]);
+  }
+  return idx;
+}

@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { getNumThreads, gradcheck, ops, setNumThreads, tensor, type Tensor } from '../lib/index';
 import { loadNative, setPoisonOutputs } from '../lib/testing';
 import { expectLunaError, firstBitwiseDifference, maxAbsDiff, randTensor, rngFor, values, where } from './helpers';
+import { shapeSize as size, unravel } from './helpers';
 
 const TOL = { eps: 1e-6, atol: 1e-7, rtol: 1e-6 };
 const addon = loadNative();
@@ -14,19 +15,6 @@ beforeAll(() => setPoisonOutputs(true));
 afterAll(() => setPoisonOutputs(false));
 
 // ---- plain JS float64 versions ----
-
-function size(shape: readonly number[]): number {
-  return shape.reduce((p, n) => p * n, 1);
-}
-
-function unravel(i: number, shape: readonly number[]): number[] {
-  const idx = new Array<number>(shape.length);
-  for (let d = shape.length - 1; d >= 0; d--) {
-    idx[d] = i % shape[d];
-    i = Math.floor(i / shape[d]);
-  }
-  return idx;
-}
 
 /** Flat index into `shape` of the broadcast multi-index `idx` (aligned at the trailing dims). */
 function broadcastIndex(idx: readonly number[], shape: readonly number[]): number {

@@ -6,25 +6,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { gradcheck, ops, tensor, type Tensor } from '../lib/index';
 import { loadNative, setPoisonOutputs } from '../lib/testing';
 import { expectLunaError, firstBitwiseDifference, randTensor, rngFor, values, where } from './helpers';
+import { shapeSize as size, unravel } from './helpers';
 
 const TOL = { eps: 1e-6, atol: 1e-7, rtol: 1e-6 };
 const addon = loadNative();
 
 beforeAll(() => setPoisonOutputs(true));
 afterAll(() => setPoisonOutputs(false));
-
-function size(shape: readonly number[]): number {
-  return shape.reduce((p, n) => p * n, 1);
-}
-
-function unravel(i: number, shape: readonly number[]): number[] {
-  const idx = new Array<number>(shape.length);
-  for (let d = shape.length - 1; d >= 0; d--) {
-    idx[d] = i % shape[d];
-    i = Math.floor(i / shape[d]);
-  }
-  return idx;
-}
 
 function ravel(idx: readonly number[], shape: readonly number[]): number {
   return idx.reduce((flat, v, d) => flat * shape[d] + v, 0);
