@@ -2,7 +2,7 @@
 // hp != h, masks, dropout with a fixed seed), the fairseq state-dict names and strict loading,
 // hooks, train/eval, and the encoder's dynamic projection.
 import { describe, expect, it } from 'vitest';
-import { gradcheck, manualSeed, nn, ops, tensor, type Tensor } from '../lib/index';
+import { gradcheck, manualSeed, nn, ops, optim, tensor, type Tensor } from '../lib/index';
 import { expectLunaError, maskTensor, randTensor, randomMask, rngFor, values, where } from './helpers';
 
 const TOL = { eps: 1e-6, atol: 1e-5, rtol: 1e-3 };
@@ -158,21 +158,14 @@ describe('LunaEncoder and LunaClassifier', () => {
     });
     const tokens = tensor([[2, 2, 3, 2], [4, 5, 4, 4], [2, 3, 2, 2], [5, 4, 5, 4]], { dtype: 'int32' });
     const labels = tensor([0, 1, 0, 1], { dtype: 'int32' });
-    const params = model.parameters();
+    const opt = new optim.SGD(model.parameters(), { lr: 0.1 });
     const losses: number[] = [];
     for (let step = 0; step < 30; step++) {
       const loss = ops.crossEntropy(model.forward(tokens), labels);
       losses.push(loss.dataSync()[0]);
       loss.backward();
-      for (const t of params) {
-        const g = t.grad;
-        if (g === null) continue;
-        const d = t.dataSync();
-        const gd = g.dataSync();
-        for (let i = 0; i < d.length; i++) d[i] -= 0.1 * gd[i];
-        (t as unknown as { _storage: { data: Float32Array } })._storage.data.set(d);
-        t.grad = null;
-      }
+      opt.step();
+      opt.zeroGrad();
     }
     expect(losses[losses.length - 1]).toBeLessThan(losses[0] * 0.5);
   });

@@ -5,7 +5,7 @@
  *
  * @packageDocumentation
  */
-import { LunaError, checkBoolean, checkNonNegativeInt, checkOptions, checkPositiveInt, describe, mismatch } from '../errors';
+import { checkBoolean, checkNonNegativeInt, checkPositiveInt, describe, mismatch } from '../errors';
 import { Tensor, checkTensor, makeTensor, tensorData } from '../tensor';
 import { allocate } from '../dtype';
 import { ops } from '../ops';
@@ -280,7 +280,7 @@ export class LunaClassifier extends Module {
 
   private compute(tokens: Tensor): Tensor {
     const enc = this.encoder.forward(tokens);
-    const [B, n, d] = enc.x.shape;
+    const [B, , d] = enc.x.shape;
     let pooled: Tensor;
     if (this.pooling === 'p') {
       pooled = ops.mean(enc.p, { axis: 1 });
@@ -295,7 +295,6 @@ export class LunaClassifier extends Module {
       const invLen = makeTensor(inv, [B, 1], enc.x.dtype, enc.x.device);
       pooled = consume(ops.sum(enc.x, { axis: 1 }), (t) => ops.mul(t, invLen));
       invLen.dispose();
-      void n;
     }
     enc.x.dispose();
     enc.p.dispose();
@@ -305,7 +304,3 @@ export class LunaClassifier extends Module {
     return consume(hidden, (t) => this.out_proj.forward(t));
   }
 }
-
-/** Unused-import guard for option helpers kept for symmetry with the layer files. */
-void checkOptions;
-void LunaError;
