@@ -120,13 +120,17 @@ const REQUIRED_FUNCTIONS: readonly (keyof NativeAddon)[] = [
   'crossEntropyBackward',
 ];
 
-/** Node-API 8 is the oldest version the addon is built against (Node 20 ships 9). */
-const MIN_NAPI_VERSION = 8;
+/**
+ * The oldest Node-API version the addon is built against (binding.gyp and CMakeLists.txt define
+ * NAPI_VERSION=8; Node 20 ships 9). The loader refuses an older runtime before trying the binary.
+ */
+export const MIN_NAPI_VERSION = 8;
 const PACKAGE_NAME = 'luna-attention';
 
 let cachedAddon: NativeAddon | null = null;
 let cachedError: LunaError | null = null;
 let cachedRoot: string | null = null;
+let cachedPath: string | null = null;
 
 /** Is `dir` the root of this package (a package.json whose name is luna-attention)? */
 function isPackageRoot(dir: string): boolean {
@@ -175,9 +179,11 @@ function loadError(summary: string, root: string, cause?: unknown): LunaError {
   const message =
     `luna-attention: could not load the native addon: ${summary}\n` +
     `Looked in (through node-gyp-build): ${tried.join(', ')}.${causeText}\n` +
-    'To fix: run `npm rebuild luna-attention` (compiles the addon with node-gyp; needs a C++17 ' +
-    'toolchain and Python, e.g. `apt-get install build-essential python3`), and use Node.js >= 20 ' +
-    `(Node-API ${MIN_NAPI_VERSION} or newer).`;
+    'A prebuilt binary ships for linux-x64 with glibc 2.34+ and libstdc++ from GCC 12+ (Debian 12, ' +
+    'Ubuntu 22.04 or newer). Elsewhere, or if that one does not load, run `npm rebuild ' +
+    'luna-attention` (compiles the addon with node-gyp; needs a C++17 toolchain and Python, e.g. ' +
+    '`apt-get install build-essential python3`). Use Node.js >= 20 (Node-API ' +
+    `${MIN_NAPI_VERSION} or newer). \`npx luna-attention doctor\` shows what was found.`;
   return new LunaError('ERR_NATIVE_LOAD', message, cause === undefined ? undefined : { cause });
 }
 
@@ -193,18 +199,26 @@ function tryLoad(): NativeAddon {
   }
   // Resolve node-gyp-build from the package root rather than from this file, so the same code
   // works from lib/ (tests) and from dist/cjs/ (the published build).
-  let nodeGypBuild: (dir: string) => unknown;
+  const requireFromRoot = createRequire(path.join(root, 'package.json'));
+  let nodeGypBuild: { resolve(dir: string): string };
   try {
-    const requireFromRoot = createRequire(path.join(root, 'package.json'));
-    nodeGypBuild = requireFromRoot('node-gyp-build') as (dir: string) => unknown;
+    nodeGypBuild = requireFromRoot('node-gyp-build') as { resolve(dir: string): string };
   } catch (err) {
     throw loadError('the node-gyp-build package is missing (run `npm install`)', root, err);
   }
+  // Resolve first and load second (what node-gyp-build itself does in one step), so the path of
+  // the binary in use can be reported by `nativeBinaryPath()` and `luna-attention doctor`.
+  let file: string;
+  try {
+    file = nodeGypBuild.resolve(root);
+  } catch (err) {
+    throw loadError('no compatible binary was found', root, err);
+  }
   let addon: unknown;
   try {
-    addon = nodeGypBuild(root);
+    addon = requireFromRoot(file);
   } catch (err) {
-    throw loadError('no compatible binary was found or it failed to load', root, err);
+    throw loadError(`the binary ${file} failed to load`, root, err);
   }
   if (addon === null || (typeof addon !== 'object' && typeof addon !== 'function')) {
     throw loadError('the binary loaded but exports nothing', root);
@@ -218,6 +232,7 @@ function tryLoad(): NativeAddon {
       root,
     );
   }
+  cachedPath = file;
   return addon as NativeAddon;
 }
 
@@ -253,4 +268,13 @@ export function tryLoadNative(): NativeAddon | null {
 /** The load error, or null when the addon loaded (or was not tried yet and loads now). */
 export function nativeLoadError(): LunaError | null {
   return tryLoadNative() === null ? cachedError : null;
+}
+
+/**
+ * The absolute path of the binary the loader uses: `prebuilds/<platform>-<arch>/*.node` for a
+ * prebuilt binary, `build/Release/luna_attention.node` for one compiled at install time. Loads
+ * the addon if needed; null when it cannot be loaded (see {@link nativeLoadError}).
+ */
+export function nativeBinaryPath(): string | null {
+  return tryLoadNative() === null ? null : cachedPath;
 }

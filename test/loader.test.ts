@@ -7,9 +7,11 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { createRequire } from 'node:module';
 import ts from 'typescript';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backendInfo } from '../lib/index';
+import { MIN_NAPI_VERSION, nativeBinaryPath } from '../lib/native';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -41,6 +43,18 @@ describe('backendInfo()', () => {
     expect(info.cuda.available).toBe(false);
     expect(typeof info.cuda.reason).toBe('string');
     expect(info.cuda.reason.trim().length).toBeGreaterThan(0);
+  });
+});
+
+describe('nativeBinaryPath()', () => {
+  it('is the file node-gyp-build picks for this package root', () => {
+    const file = nativeBinaryPath();
+    expect(file).not.toBeNull();
+    expect(path.isAbsolute(file!)).toBe(true);
+    expect(file!.endsWith('.node')).toBe(true);
+    expect(fs.existsSync(file!)).toBe(true);
+    const nodeGypBuild = createRequire(path.join(ROOT, 'package.json'))('node-gyp-build');
+    expect(file).toBe(nodeGypBuild.resolve(ROOT));
   });
 });
 
@@ -114,6 +128,10 @@ function makeRoot(base: string, name: string, opts: { nodeModules: boolean; garb
 // Loads the copied lib in a fresh process and reports what happened, as JSON.
 const PROBE = String.raw`
 const dir = process.argv[2];
+// Pretends to be a Node.js with an older Node-API (process.versions is read-only but configurable).
+if (process.env.FAKE_NAPI !== undefined) {
+  Object.defineProperty(process.versions, 'napi', { value: process.env.FAKE_NAPI, configurable: true });
+}
 const result = {};
 const capture = (fn) => { try { fn(); return null; } catch (e) { return { code: e.code, name: e.name, message: String(e.message) }; } };
 result.first = capture(() => require(dir + '/lib/native.js').loadNative());
@@ -136,10 +154,15 @@ interface ProbeResult {
   op?: { code: string; message: string } | null;
 }
 
-function probe(dir: string): ProbeResult {
+function probe(dir: string, env: Record<string, string> = {}): ProbeResult {
   const script = path.join(dir, 'probe.cjs');
   fs.writeFileSync(script, PROBE);
-  const r = spawnSync(process.execPath, [script, dir], { cwd: dir, encoding: 'utf8', timeout: 60_000 });
+  const r = spawnSync(process.execPath, [script, dir], {
+    cwd: dir,
+    encoding: 'utf8',
+    timeout: 60_000,
+    env: { ...process.env, ...env },
+  });
   const info = `status=${r.status} signal=${r.signal}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`;
   expect(r.signal, info).toBeNull();
   expect(r.status, info).toBe(0);
@@ -187,5 +210,13 @@ describe('ERR_NATIVE_LOAD from a package root without a usable binary', () => {
   it('node-gyp-build itself missing', () => {
     const dir = makeRoot(base, 'nomodules', { nodeModules: false });
     expectHelpful(probe(dir), dir, /node-gyp-build/);
+  });
+
+  it('a Node.js whose Node-API is too old: names the found and the required version', () => {
+    const dir = makeRoot(base, 'oldnapi', { nodeModules: true });
+    const old = String(MIN_NAPI_VERSION - 1);
+    const r = probe(dir, { FAKE_NAPI: old });
+    expectHelpful(r, dir, new RegExp(`Node-API ${old}, but version ${MIN_NAPI_VERSION} or newer is needed`));
+    expect(r.first!.message).toContain(process.version);
   });
 });
