@@ -16,6 +16,7 @@ import { allocate, sameShape } from './dtype';
 import type { Tensor } from './tensor';
 import { assertLive, checkSameMeta, checkTensor, floatData, makeTensor } from './tensor';
 import { loadNative } from './native';
+import { markKept } from './memory';
 
 /** One recorded op application: how to turn the output's gradient into its inputs' gradients. */
 export interface GradNode {
@@ -179,6 +180,8 @@ function accumulateIntoLeaf(leaf: Tensor, g: PendingGrad): void {
     // Take ownership only of a gradient nobody else holds; otherwise a later in-place
     // accumulation would write into the caller's (or another tensor's) buffer.
     leaf._grad = g.owned ? g.t : clone(g.t);
+    // The leaf owns its gradient now: a tidy scope around backward() must not free it.
+    markKept(leaf._grad);
   } else {
     addInto(current, g.t);
     drop(g);

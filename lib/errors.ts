@@ -29,8 +29,11 @@ export class LunaError extends Error {
   readonly code: LunaErrorCode;
 
   /**
+   * Makes an error with a stable code. The library builds these itself; programs catch them and
+   * branch on `code`.
+   *
    * @param code - one of {@link LunaErrorCode}
-   * @param message - the full message, usually built by {@link mismatch}
+   * @param message - the full message: the function, the argument, what was expected and what came
    * @param options - `cause`: the underlying error, kept for debugging
    */
   constructor(code: LunaErrorCode, message: string, options?: { cause?: unknown }) {

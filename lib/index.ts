@@ -48,3 +48,5 @@ export type * from './nn';
 export { manualSeed } from './seed';
 export { poolStats, emptyPool } from './pool';
 export type { PoolStats } from './pool';
+export { tidy, keep, memoryStats } from './memory';
+export type { MemoryStats } from './memory';

@@ -8,13 +8,18 @@
  * storages and reusing them removes that cost entirely.
  *
  * Only buffers born here are recycled (a user's own typed array never is), only once the last
- * reference to their storage is released (`dispose()`, or a graph node freeing what it saved),
- * and only up to a byte budget: `LUNA_POOL_MB` (default 1024). Buffers the garbage collector
- * takes instead are simply not reused.
+ * reference to their storage is released (`dispose()`, a graph node freeing what it saved, or
+ * the garbage collector taking a tensor nobody disposed: see lib/memory.ts), and only up to a
+ * byte budget: `LUNA_POOL_MB` (default 1024).
+ *
+ * Every allocation is also checked against what can exist (2^31 - 1 elements, and the memory
+ * of the machine or `LUNA_MAX_ALLOC_MB`) before it is made; see {@link setAllocationLimit}.
  *
  * @packageDocumentation
  */
-import { LunaError } from './errors';
+import fs from 'node:fs';
+import os from 'node:os';
+import { LunaError, mismatch } from './errors';
 import type { AnyTypedArray, DType } from './dtype';
 
 /** Buffers smaller than this are cheap to allocate; pooling them would only cost bookkeeping. */
@@ -27,6 +32,88 @@ function budgetFromEnv(): number {
 }
 
 const budgetBytes = budgetFromEnv();
+
+/** The element limit of every tensor (dtype.ts's MAX_ELEMENTS; repeated here to keep the imports one-way). */
+const MAX_ELEMENTS = 2 ** 31 - 1;
+
+/**
+ * The memory of this machine as the process may use it: the physical memory, or the cgroup
+ * (container) limit when that is lower.
+ */
+function machineMemoryBytes(): number {
+  let limit = os.totalmem();
+  for (const file of ['/sys/fs/cgroup/memory.max', '/sys/fs/cgroup/memory/memory.limit_in_bytes']) {
+    try {
+      const n = Number(fs.readFileSync(file, 'utf8').trim());
+      // "max" (no limit) reads as NaN; cgroup v1 spells "no limit" as a huge number.
+      if (Number.isFinite(n) && n > 0 && n < limit) limit = n;
+    } catch {
+      // Not Linux, or no cgroup file: the physical memory it is.
+    }
+  }
+  return limit;
+}
+
+/**
+ * The largest single buffer we try to allocate: `LUNA_MAX_ALLOC_MB` when set, else the
+ * machine's memory. Why a limit at all: V8 hands out a huge zero-filled ArrayBuffer lazily,
+ * so an impossible request (a typo in a shape, a broadcast that multiplies two long dims)
+ * "succeeds", and the process is killed by the system's OOM killer later, when an op first
+ * writes the pages. Refusing up front turns that into an error the caller can catch.
+ */
+function allocationLimitFromEnv(): number {
+  const raw = process.env.LUNA_MAX_ALLOC_MB;
+  const mb = raw === undefined || raw === '' ? NaN : Number(raw);
+  return Number.isFinite(mb) && mb > 0 ? mb * 1024 * 1024 : machineMemoryBytes();
+}
+
+let allocationLimit = allocationLimitFromEnv();
+
+/**
+ * Internal (tests): sets the largest buffer in bytes that may be allocated; null restores the
+ * default (LUNA_MAX_ALLOC_MB or the machine's memory). Returns the previous limit.
+ */
+export function setAllocationLimit(bytes: number | null): number {
+  const previous = allocationLimit;
+  allocationLimit = bytes === null ? allocationLimitFromEnv() : bytes;
+  return previous;
+}
+
+function formatBytes(n: number): string {
+  if (n >= 2 ** 30) return `${(n / 2 ** 30).toFixed(1)} GiB`;
+  if (n >= 2 ** 20) return `${(n / 2 ** 20).toFixed(1)} MiB`;
+  return `${n} bytes`;
+}
+
+function bytesPerElement(dtype: DType): number {
+  return dtype === 'float64' ? 8 : dtype === 'bool' ? 1 : 4;
+}
+
+/**
+ * Refuses a buffer that cannot exist before anything is allocated: more than 2^31 - 1
+ * elements, or more bytes than the allocation limit.
+ */
+function checkAllocation(where: string, dtype: DType, size: number): void {
+  if (!Number.isSafeInteger(size) || size < 0 || size > MAX_ELEMENTS) {
+    throw mismatch(
+      'ERR_ARGUMENT',
+      where,
+      'the element count of the result',
+      `at most ${MAX_ELEMENTS} (2^31 - 1)`,
+      String(size),
+    );
+  }
+  const bytes = size * bytesPerElement(dtype);
+  if (bytes > allocationLimit) {
+    throw mismatch(
+      'ERR_ARGUMENT',
+      where,
+      'the memory of the result',
+      `at most ${formatBytes(allocationLimit)} (the memory this process may use; LUNA_MAX_ALLOC_MB sets it)`,
+      `${size} ${dtype} elements = ${formatBytes(bytes)}`,
+    );
+  }
+}
 const free = new Map<string, AnyTypedArray[]>();
 /** Buffers that came from this pool: the only ones it takes back. */
 const born = new WeakSet<ArrayBuffer>();
@@ -61,6 +148,7 @@ export function takeBuffer(where: string, dtype: DType, size: number, zero: bool
     if (zero) buf.fill(0);
     return buf;
   }
+  checkAllocation(where, dtype, size);
   let buf: AnyTypedArray;
   try {
     buf = fresh(dtype, size);
@@ -74,6 +162,11 @@ export function takeBuffer(where: string, dtype: DType, size: number, zero: bool
   created++;
   if (buf.byteLength >= MIN_POOLED_BYTES) born.add(buf.buffer as ArrayBuffer);
   return buf;
+}
+
+/** True for a buffer the pool would take back (one it allocated, large enough to be worth it). */
+export function isRecyclable(buf: AnyTypedArray): boolean {
+  return born.has(buf.buffer as ArrayBuffer);
 }
 
 /** Takes `buf` back for reuse if it came from the pool and the budget allows; otherwise drops it. */

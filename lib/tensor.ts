@@ -3,8 +3,11 @@
  *
  * A tensor is a view of a reference-counted {@link Storage}: `detach()` shares the storage,
  * autograd nodes retain the storages they save, and `dispose()` drops this tensor's reference.
- * On the CPU "freeing" means letting the garbage collector have the buffer; the counting is
- * what will let device memory be freed deterministically once CUDA tensors exist.
+ * When the last reference goes, a pooled buffer returns to the pool (lib/pool.ts) for the next
+ * op; the counting is also what will let device memory be freed deterministically once CUDA
+ * tensors exist. `tidy()` scopes dispose what they created; a tensor that is garbage collected
+ * without `dispose()` is counted gone and, within limits, has its reference released for it
+ * (lib/memory.ts explains the limits).
  *
  * @packageDocumentation
  */
@@ -29,6 +32,8 @@ import { inspect } from 'node:util';
 import type { GradNode } from './autograd';
 import { runBackward } from './autograd';
 import { giveBack } from './pool';
+import { markKept, noteStorageCreated, noteStorageReleased, noteTensorCreated, noteTensorDisposed } from './memory';
+import type { Ticket } from './memory';
 
 // Node 20.4+ defines Symbol.dispose; older runtimes (and some bundlers' shims) do not. Define it
 // as the registered symbol Node itself uses, so `using` and Node's own code agree with us. This
@@ -56,6 +61,7 @@ export class Storage {
   /** @param data - the buffer; the storage takes ownership of it */
   constructor(data: AnyTypedArray) {
     this.buffer = data;
+    noteStorageCreated(this, data.byteLength);
   }
 
   /** The buffer, or null once every reference has been released. */
@@ -80,7 +86,10 @@ export class Storage {
       const buffer = this.buffer;
       this.buffer = null;
       // Nothing can reach the buffer any more: let the pool hand it to the next op.
-      if (buffer !== null) giveBack(buffer);
+      if (buffer !== null) {
+        noteStorageReleased(this, buffer.byteLength);
+        giveBack(buffer);
+      }
     }
   }
 }
@@ -114,6 +123,8 @@ export class Tensor {
   _node: GradNode | null = null;
   /** @internal registered gradient hooks, in registration order */
   _hooks: { fn: GradHook }[] = [];
+  /** @internal what the finalization registry holds for this tensor (lib/memory.ts) */
+  _ticket: Ticket;
 
   /**
    * Not for direct use: call `tensor()`, `zeros()`, `ones()` or `randn()`.
@@ -137,6 +148,9 @@ export class Tensor {
     this._dtype = dtype;
     this._device = device;
     this._size = shapeSize(this._shape);
+    // Counts the tensor, lets the innermost tidy scope track it, and arranges for its storage
+    // reference to be released should it be garbage collected without dispose().
+    this._ticket = noteTensorCreated(this, storage, storage.data as AnyTypedArray);
   }
 
   /** The dimensions, outermost first; `[]` for a scalar. The array is frozen. */
@@ -223,6 +237,8 @@ export class Tensor {
     }
     assertLive(value, 'Tensor.grad', 'value');
     checkSameMeta('Tensor.grad', 'value', value, this);
+    // A gradient outlives the tidy scope it was made in: the leaf owns it now.
+    markKept(value);
     this._grad = value;
   }
 
@@ -264,6 +280,7 @@ export class Tensor {
    */
   dispose(): void {
     if (this._storage === null) return;
+    noteTensorDisposed(this, this._ticket);
     this._storage.release();
     this._storage = null;
     this._hooks = [];

@@ -82,6 +82,7 @@ export class LunaEncoder extends Module {
   readonly proj_layer_norm: LayerNorm | null;
   private readonly dropoutModule: Dropout;
 
+  /** Creates the embeddings, the learned initial P and the layers; see {@link LunaEncoderOptions}. */
   constructor(options: LunaEncoderOptions) {
     const where = 'nn.LunaEncoder';
     const { opts, resolved } = moduleOptions(where, options, ENCODER_KEYS);
@@ -247,6 +248,7 @@ export class LunaClassifier extends Module {
   readonly dense: Linear;
   readonly out_proj: Linear;
 
+  /** Creates the encoder and the classification head; see {@link LunaClassifierOptions}. */
   constructor(options: LunaClassifierOptions) {
     const where = 'nn.LunaClassifier';
     const { opts, resolved } = moduleOptions(where, options, [...ENCODER_KEYS, 'numClasses', 'pooling']);

@@ -36,6 +36,7 @@ export class Linear extends Module {
   readonly weight: Tensor;
   readonly bias: Tensor | null;
 
+  /** Creates the weight and bias (PyTorch's initialisation unless the options say otherwise); see {@link LinearOptions}. */
   constructor(options: LinearOptions) {
     const where = 'nn.Linear';
     const { opts, resolved } = moduleOptions(where, options, ['inFeatures', 'outFeatures', 'bias', 'xavierGain', 'biasValue']);
@@ -87,6 +88,7 @@ export class LayerNorm extends Module {
   readonly weight: Tensor | null;
   readonly bias: Tensor | null;
 
+  /** Creates weight = 1 and bias = 0 (unless disabled); see {@link LayerNormOptions}. */
   constructor(options: LayerNormOptions) {
     const where = 'nn.LayerNorm';
     const { opts, resolved } = moduleOptions(where, options, ['normalizedShape', 'eps', 'elementwiseAffine']);
@@ -122,6 +124,7 @@ export class Embedding extends Module {
   readonly paddingIdx: number | undefined;
   readonly weight: Tensor;
 
+  /** Creates the table from N(0, std) (the padding row zeroed); see {@link EmbeddingOptions}. */
   constructor(options: EmbeddingOptions) {
     const where = 'nn.Embedding';
     const { opts, resolved } = moduleOptions(where, options, ['numEmbeddings', 'embeddingDim', 'paddingIdx', 'std']);
@@ -162,6 +165,7 @@ export interface DropoutOptions extends ModuleOptions {
 export class Dropout extends Module {
   readonly p: number;
 
+  /** A dropout layer with probability `options.p`; see {@link DropoutOptions}. */
   constructor(options: DropoutOptions = {}) {
     const where = 'nn.Dropout';
     const { opts, resolved } = moduleOptions(where, options, ['p']);

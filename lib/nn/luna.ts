@@ -68,6 +68,7 @@ export class LunaAttention extends Module {
   readonly q_proj: Linear;
   readonly out_proj: Linear;
 
+  /** Creates the projections with the reference's initialisation; see {@link LunaAttentionOptions}. */
   constructor(options: LunaAttentionOptions) {
     const where = 'nn.LunaAttention';
     const { opts, resolved } = moduleOptions(where, options, ['embedDim', 'numHeads', 'numPackHeads', 'tieKV', 'dropout', 'bias']);
@@ -219,6 +220,7 @@ export class LunaEncoderLayer extends Module {
   private readonly dropoutModule: Dropout;
   private readonly activationDropoutModule: Dropout;
 
+  /** Creates the attention, the layer norms and the feed-forward block; see {@link LunaEncoderLayerOptions}. */
   constructor(options: LunaEncoderLayerOptions) {
     const where = 'nn.LunaEncoderLayer';
     const { opts, resolved } = moduleOptions(where, options, [

@@ -9,6 +9,7 @@ import { Device, FloatDType, checkDevice, sameShape } from '../dtype';
 import { Tensor, checkTensor, makeTensor, tensorData } from '../tensor';
 import { allocate } from '../dtype';
 import { Rng, randomSeed } from '../random';
+import { markKept } from '../memory';
 
 /** Options every module takes besides its own. */
 export interface ModuleOptions {
@@ -68,6 +69,7 @@ export abstract class Module {
   private readonly _forwardHooks: { fn: ForwardHook }[] = [];
   private readonly _preHooks: { fn: ForwardPreHook }[] = [];
 
+  /** For subclasses: `resolved` is the dtype and device every parameter of the module gets. */
   protected constructor(resolved: { dtype: FloatDType; device: Device }) {
     this.dtype = resolved.dtype;
     this.device = resolved.device;
@@ -94,6 +96,8 @@ export abstract class Module {
   /** Registers a parameter (a leaf that requires grad) under `name`; returns it. */
   protected registerParameter(name: string, t: Tensor): Tensor {
     t.requiresGrad = true;
+    // The module owns its parameters: a tidy scope the module was built in must not free them.
+    markKept(t);
     this._params.set(name, t);
     return t;
   }

@@ -206,6 +206,8 @@ function binary(op: BinaryKind, aIn: Tensor, bIn: Tensor): Tensor {
   const a = floatInput(op, 'a', aIn);
   const b = floatInput(op, 'b', bIn, a, 'a');
   const outShape = broadcastShape(op, a.shape, b.shape);
+  // Broadcasting can multiply two long dims into an impossible result: refuse it by name.
+  checkShape(op, 'the broadcast shape of a and b', outShape);
   const out = binaryData(op, op, dataOf(a, op, 'a'), a.shape, dataOf(b, op, 'b'), b.shape, outShape, a.dtype);
   const result = wrap(out, outShape, a);
   const saved = op === 'mul' ? [a, b] : [];
@@ -367,4 +369,19 @@ export function broadcastTo(x: Tensor, shape: readonly number[]): Tensor {
 }
 
 /** The ops of this family, spread into the public `ops` object by lib/ops/index.ts. */
-export const elementwiseOps = { add, sub, mul, scale, sum, mean, broadcastTo };
+export const elementwiseOps = {
+  /** a + b with NumPy broadcasting. */
+  add,
+  /** a - b with NumPy broadcasting. */
+  sub,
+  /** a * b elementwise with NumPy broadcasting. */
+  mul,
+  /** s * x + offset elementwise, for numbers s and offset. */
+  scale,
+  /** The sum over some axes (default: all). */
+  sum,
+  /** The mean over some axes (default: all). */
+  mean,
+  /** A copy of x broadcast to a larger shape. */
+  broadcastTo,
+};

@@ -14,6 +14,8 @@ export type { AttentionOptions } from './attention';
 /**
  * The differentiable ops. Each validates its arguments, runs the addon's kernel for the
  * tensors' device, and records its backward when an input requires grad.
+ *
+ * @namespace
  */
 export const ops = Object.freeze({
   /** Pack attention: q [B,h,l,dh], k,v [B,h,m,dh] -> [B,h,l,dh]. See {@link packAttention}. */

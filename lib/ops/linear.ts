@@ -168,4 +168,9 @@ export function linear(xIn: Tensor, weightIn: Tensor, biasIn?: Tensor | null): T
 }
 
 /** The ops of this family, spread into the public `ops` object by lib/ops/index.ts. */
-export const linearOps = { matmul, linear };
+export const linearOps = {
+  /** Matrix product over the last two dims: [..., M, K] x [K, N] or [..., K, N] -> [..., M, N]. */
+  matmul,
+  /** PyTorch's `F.linear`: x [..., in], weight [out, in], optional bias [out] -> [..., out]. */
+  linear,
+};

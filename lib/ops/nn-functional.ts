@@ -7,7 +7,7 @@
  * @packageDocumentation
  */
 import { LunaError, checkBoolean, checkFinite, checkInteger, checkOptions, describe, formatShape, mismatch } from '../errors';
-import { allocate } from '../dtype';
+import { allocate, checkShape } from '../dtype';
 import { Tensor, checkTensor, makeTensor, tensorData } from '../tensor';
 import { FloatArray, NativeAddon, loadNative } from '../native';
 import { manualSeed, nextSeed } from '../seed';
@@ -292,6 +292,8 @@ export function embedding(ids: Tensor, weight: Tensor, options?: EmbeddingOption
   }
 
   const n = it.size;
+  // [...ids.shape, d] may hold more elements than either input: refuse an impossible one by name.
+  checkShape(op, 'the output shape [...ids.shape, d]', [...it.shape, d]);
   const out = outputBuffer(op, wt.dtype, n * d);
   if (n > 0 && d > 0) {
     const addon = nnAddon(op);
@@ -408,4 +410,17 @@ export function crossEntropy(logits: Tensor, targets: Tensor, options?: CrossEnt
 }
 
 /** The ops of this family, spread into the public `ops` object by lib/ops/index.ts. */
-export const nnOps = { layerNorm, gelu, relu, dropout, embedding, crossEntropy };
+export const nnOps = {
+  /** Layer normalization over the last dim, with optional weight and bias [d]. */
+  layerNorm,
+  /** The exact (erf) GELU. */
+  gelu,
+  /** max(x, 0). */
+  relu,
+  /** Inverted dropout with a mask regenerated from (seed, index) in the backward. */
+  dropout,
+  /** Rows of weight [V, d] looked up by int32 ids. */
+  embedding,
+  /** PyTorch's cross_entropy: logits [N, C], int32 targets [N]; label smoothing, ignoreIndex. */
+  crossEntropy,
+};

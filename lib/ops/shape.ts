@@ -245,4 +245,19 @@ export function slice(x: Tensor, axis: number, start: number, end?: number): Ten
 }
 
 /** The ops of this family, spread into the public `ops` object by lib/ops/index.ts. */
-export const shapeOps = { reshape, transpose, permute, splitHeads, mergeHeads, concat, slice };
+export const shapeOps = {
+  /** The same elements under a new shape (shares storage; one size may be -1). */
+  reshape,
+  /** A copy with two dims swapped. */
+  transpose,
+  /** A copy with the dims reordered. */
+  permute,
+  /** [B,n,d] -> [B,h,n,d/h]. */
+  splitHeads,
+  /** [B,h,n,dh] -> [B,n,h*dh], the inverse of splitHeads. */
+  mergeHeads,
+  /** Tensors joined along an axis. */
+  concat,
+  /** The elements with index in [start, end) along an axis (a copy). */
+  slice,
+};

@@ -31,6 +31,7 @@ export const optim = Object.freeze({
   SGD,
   Adam,
   AdamW,
+  /** Rescales the gradients in place so their joint L2 norm is at most `maxNorm`; returns the norm before. */
   clipGradNorm,
   LinearWarmupInverseSqrt,
   LinearDecay,

@@ -69,8 +69,8 @@ function checkParams(where: string, params: unknown): Tensor[] {
 }
 
 /**
- * Base class of the optimizers. Subclasses implement {@link Optimizer.step} with the helpers
- * {@link Optimizer.eachParamWithGrad} and {@link Optimizer.stateFor}.
+ * Base class of the optimizers. Subclasses implement {@link Optimizer.step} with the internal
+ * helpers `eachParamWithGrad` and `stateFor`.
  */
 export abstract class Optimizer {
   /** The parameters this optimizer updates, in the order given. */
@@ -100,6 +100,7 @@ export abstract class Optimizer {
     return this.currentLr;
   }
 
+  /** Sets the learning rate (a finite number >= 0) for the following steps. */
   set lr(value: number) {
     this.currentLr = checkNonNegative(`${this.name}.lr`, 'value', value);
   }

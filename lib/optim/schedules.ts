@@ -63,6 +63,7 @@ abstract class Schedule {
     this.optimizer.lr = this.lrAt(this.count);
   }
 
+  /** For subclasses: `step` as a non-negative integer, or ERR_ARGUMENT naming `lrAt`. */
   protected checkStep(step: number): number {
     return checkNonNegativeInt(`${this.constructor.name}.lrAt`, 'step', step);
   }

@@ -14,7 +14,7 @@ enum class Op { Pack, Unpack, Reference };
 
 // Reads every field of a call into params; `backward` adds dout, dq, dk, dv.
 template <typename T>
-AttentionParams<T> read_params(const Napi::Object& o, napi_typedarray_type type, bool backward) {
+AttentionParams<T> read_params(const Args& o, napi_typedarray_type type, bool backward) {
   AttentionParams<T> p;
   p.B = dim_field(o, "B");
   p.h = dim_field(o, "h");
@@ -65,7 +65,9 @@ void run(Op op, bool backward, const AttentionParams<T>& p) {
 
 template <Op op, bool backward>
 Napi::Value attention_entry(const Napi::CallbackInfo& info) {
-  Napi::Object o = object_arg(info, "attention");
+  const Args o(info, "attention",
+               {"q", "k", "v", "mask", "out", "lse", "B", "h", "lq", "lk", "dh", "scale", "dropout", "seed", "dout",
+                "dq", "dk", "dv"});
   Napi::Value q = o.Get("q");
   if (!q.IsTypedArray()) throw Napi::TypeError::New(info.Env(), "q must be a Float32Array or Float64Array");
   const napi_typedarray_type type = q.As<Napi::TypedArray>().TypedArrayType();
@@ -78,12 +80,12 @@ Napi::Value attention_entry(const Napi::CallbackInfo& info) {
 }  // namespace
 
 void register_attention(Napi::Env env, Napi::Object exports) {
-  exports.Set("packForward", Napi::Function::New(env, attention_entry<Op::Pack, false>, "packForward"));
-  exports.Set("packBackward", Napi::Function::New(env, attention_entry<Op::Pack, true>, "packBackward"));
-  exports.Set("unpackForward", Napi::Function::New(env, attention_entry<Op::Unpack, false>, "unpackForward"));
-  exports.Set("unpackBackward", Napi::Function::New(env, attention_entry<Op::Unpack, true>, "unpackBackward"));
-  exports.Set("referenceForward", Napi::Function::New(env, attention_entry<Op::Reference, false>, "referenceForward"));
-  exports.Set("referenceBackward", Napi::Function::New(env, attention_entry<Op::Reference, true>, "referenceBackward"));
+  exports.Set("packForward", Napi::Function::New(env, guarded<attention_entry<Op::Pack, false>>, "packForward"));
+  exports.Set("packBackward", Napi::Function::New(env, guarded<attention_entry<Op::Pack, true>>, "packBackward"));
+  exports.Set("unpackForward", Napi::Function::New(env, guarded<attention_entry<Op::Unpack, false>>, "unpackForward"));
+  exports.Set("unpackBackward", Napi::Function::New(env, guarded<attention_entry<Op::Unpack, true>>, "unpackBackward"));
+  exports.Set("referenceForward", Napi::Function::New(env, guarded<attention_entry<Op::Reference, false>>, "referenceForward"));
+  exports.Set("referenceBackward", Napi::Function::New(env, guarded<attention_entry<Op::Reference, true>>, "referenceBackward"));
 }
 
 }  // namespace luna

@@ -7,7 +7,14 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <exception>
+#include <initializer_list>
+#include <new>
+#include <stdexcept>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace luna {
 
@@ -17,8 +24,70 @@ inline Napi::Object object_arg(const Napi::CallbackInfo& info, const char* fn) {
   return info[0].As<Napi::Object>();
 }
 
+// The options object of a call, with every field the binding will use read exactly once, up
+// front. Why: reading a field can run JS (a getter, a Proxy trap), and that JS could detach,
+// transfer or shrink a typed array whose data pointer the binding already took, leaving the
+// kernel to write through a dangling pointer. With every read done before the first pointer is
+// taken, the pointers and lengths the kernel gets are those of arrays that are still attached
+// (and kept alive by this object's handles) when it runs. Nested arrays (shape lists) are read
+// before any data pointer is taken, for the same reason.
+class Args {
+ public:
+  Args(const Napi::CallbackInfo& info, const char* fn, std::initializer_list<const char*> names)
+      : env_(info.Env()) {
+    read(info, fn, names.begin(), names.end());
+  }
+  Args(const Napi::CallbackInfo& info, const char* fn, const std::vector<const char*>& names) : env_(info.Env()) {
+    read(info, fn, names.begin(), names.end());
+  }
+
+  // The value read for `name`; a name the constructor was not given is a bug in the binding.
+  Napi::Value Get(const char* name) const {
+    for (const auto& f : fields_)
+      if (std::strcmp(f.first, name) == 0) return f.second;
+    throw std::logic_error(std::string("internal: the binding reads the unlisted field ") + name);
+  }
+
+  Napi::Env Env() const { return env_; }
+
+ private:
+  template <typename It>
+  void read(const Napi::CallbackInfo& info, const char* fn, It first, It last) {
+    Napi::Object o = object_arg(info, fn);
+    fields_.reserve(size_t(last - first));
+    for (It it = first; it != last; ++it) fields_.emplace_back(*it, o.Get(*it));
+  }
+
+  Napi::Env env_;
+  std::vector<std::pair<const char*, Napi::Value>> fields_;
+};
+
+// Runs a binding body, turning any C++ exception that is not already a JS error (a failed
+// allocation in a kernel's scratch space, a thread that could not start) into one, so that no
+// call can end in std::terminate and take the process down.
+template <typename F>
+Napi::Value guard_call(Napi::Env env, F&& body) {
+  try {
+    return body();
+  } catch (const Napi::Error&) {
+    throw;
+  } catch (const std::bad_alloc&) {
+    throw Napi::RangeError::New(env, "out of memory: the native kernel could not allocate its scratch space");
+  } catch (const std::exception& e) {
+    throw Napi::Error::New(env, std::string("native error: ") + e.what());
+  } catch (...) {
+    throw Napi::Error::New(env, "native error: unknown exception");
+  }
+}
+
+// An exported function wrapped by guard_call; register `guarded<entry>` instead of `entry`.
+template <Napi::Value (*Entry)(const Napi::CallbackInfo&)>
+Napi::Value guarded(const Napi::CallbackInfo& info) {
+  return guard_call(info.Env(), [&] { return Entry(info); });
+}
+
 // A positive integer dimension no larger than 2^31 - 1.
-inline int64_t dim_field(const Napi::Object& o, const char* name) {
+inline int64_t dim_field(const Args& o, const char* name) {
   Napi::Value v = o.Get(name);
   const double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : NAN;
   if (!(d >= 1 && d <= 2147483647.0 && std::floor(d) == d))
@@ -26,7 +95,7 @@ inline int64_t dim_field(const Napi::Object& o, const char* name) {
   return static_cast<int64_t>(d);
 }
 
-inline double finite_field(const Napi::Object& o, const char* name) {
+inline double finite_field(const Args& o, const char* name) {
   Napi::Value v = o.Get(name);
   const double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : NAN;
   if (!std::isfinite(d)) throw Napi::RangeError::New(o.Env(), std::string(name) + " must be a finite number");
@@ -35,7 +104,7 @@ inline double finite_field(const Napi::Object& o, const char* name) {
 
 // The data pointer of a typed array field of the given element type and exact length.
 template <typename T>
-T* array_field(const Napi::Object& o, const char* name, napi_typedarray_type type, int64_t length) {
+T* array_field(const Args& o, const char* name, napi_typedarray_type type, int64_t length) {
   Napi::Value v = o.Get(name);
   if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != type)
     throw Napi::TypeError::New(o.Env(), std::string(name) + " must be a " +

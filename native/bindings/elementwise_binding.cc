@@ -28,7 +28,7 @@ const char* type_name(napi_typedarray_type type) {
 }
 
 // The element type of a call: that of its leading array, which must be a float typed array.
-napi_typedarray_type float_type(const Napi::Object& o, const char* name) {
+napi_typedarray_type float_type(const Args& o, const char* name) {
   Napi::Value v = o.Get(name);
   if (v.IsTypedArray()) {
     const napi_typedarray_type t = v.As<Napi::TypedArray>().TypedArrayType();
@@ -38,7 +38,7 @@ napi_typedarray_type float_type(const Napi::Object& o, const char* name) {
 }
 
 template <typename T>
-Span<T> span_field(const Napi::Object& o, const char* name, napi_typedarray_type type) {
+Span<T> span_field(const Args& o, const char* name, napi_typedarray_type type) {
   Napi::Value v = o.Get(name);
   if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != type)
     throw Napi::TypeError::New(o.Env(), std::string(name) + " must be a " + type_name(type) + " (like the first array)");
@@ -55,13 +55,13 @@ int64_t int_value(Napi::Env env, Napi::Value v, const std::string& name, int64_t
   return static_cast<int64_t>(d);
 }
 
-int64_t int_field(const Napi::Object& o, const char* name, int64_t min_value) {
+int64_t int_field(const Args& o, const char* name, int64_t min_value) {
   return int_value(o.Env(), o.Get(name), name, min_value);
 }
 
 // An array of at most kMaxRank integers >= min_value, copied into dst; with expected_rank >= 0
 // its length must be exactly that. Returns the length.
-int int_list_field(const Napi::Object& o, const char* name, int64_t* dst, int64_t min_value, int expected_rank = -1) {
+int int_list_field(const Args& o, const char* name, int64_t* dst, int64_t min_value, int expected_rank = -1) {
   Napi::Env env = o.Env();
   Napi::Value v = o.Get(name);
   if (!v.IsArray()) throw Napi::TypeError::New(env, std::string(name) + " must be an array of integers");
@@ -106,7 +106,7 @@ void check_length(Napi::Env env, const char* name, int64_t length, int64_t expec
                                          std::to_string(length));
 }
 
-BinaryOp read_op(const Napi::Object& o) {
+BinaryOp read_op(const Args& o) {
   Napi::Value v = o.Get("op");
   const std::string s = v.IsString() ? v.As<Napi::String>().Utf8Value() : std::string();
   if (s == "add") return BinaryOp::Add;
@@ -117,7 +117,7 @@ BinaryOp read_op(const Napi::Object& o) {
 
 // { op, a, b, out, shape, aStrides, bStrides }
 template <typename T>
-BinaryParams<T> binary_params(const Napi::Object& o, napi_typedarray_type type) {
+BinaryParams<T> binary_params(const Args& o, napi_typedarray_type type) {
   Napi::Env env = o.Env();
   BinaryParams<T> p;
   p.op = read_op(o);
@@ -137,7 +137,7 @@ BinaryParams<T> binary_params(const Napi::Object& o, napi_typedarray_type type) 
 
 // { x, out, shape, strides }
 template <typename T>
-StridedCopyParams<T> copy_params(const Napi::Object& o, napi_typedarray_type type) {
+StridedCopyParams<T> copy_params(const Args& o, napi_typedarray_type type) {
   Napi::Env env = o.Env();
   StridedCopyParams<T> p;
   p.rank = int_list_field(o, "shape", p.shape, 1);
@@ -153,7 +153,7 @@ StridedCopyParams<T> copy_params(const Napi::Object& o, napi_typedarray_type typ
 
 // { x, out, shape, outShape }
 template <typename T>
-ReduceParams<T> reduce_params(const Napi::Object& o, napi_typedarray_type type) {
+ReduceParams<T> reduce_params(const Args& o, napi_typedarray_type type) {
   Napi::Env env = o.Env();
   ReduceParams<T> p;
   p.rank = int_list_field(o, "shape", p.in_shape, 1);
@@ -171,7 +171,7 @@ ReduceParams<T> reduce_params(const Napi::Object& o, napi_typedarray_type type) 
 }
 
 template <typename T>
-void scale_call(const Napi::Object& o, napi_typedarray_type type) {
+void scale_call(const Args& o, napi_typedarray_type type) {
   const Span<T> x = span_field<T>(o, "x", type), out = span_field<T>(o, "out", type);
   check_length(o.Env(), "out", out.length, x.length);
   const T a = static_cast<T>(finite_field(o, "scale"));
@@ -181,7 +181,7 @@ void scale_call(const Napi::Object& o, napi_typedarray_type type) {
 
 // { src, dst, rows, cols, srcStride, srcOffset, dstStride, dstOffset }
 template <typename T>
-void blocks_call(const Napi::Object& o, napi_typedarray_type type) {
+void blocks_call(const Args& o, napi_typedarray_type type) {
   Napi::Env env = o.Env();
   BlockCopyParams<T> p;
   p.rows = int_field(o, "rows", 1);
@@ -216,7 +216,7 @@ const char* leading_array(Entry e) {
 }
 
 template <typename T>
-void run(Entry e, const Napi::Object& o, napi_typedarray_type type) {
+void run(Entry e, const Args& o, napi_typedarray_type type) {
   switch (e) {
     case Entry::Binary: binary_op(binary_params<T>(o, type)); break;
     case Entry::RefBinary: reference_binary(binary_params<T>(o, type)); break;
@@ -229,9 +229,25 @@ void run(Entry e, const Napi::Object& o, napi_typedarray_type type) {
   }
 }
 
+// The fields each entry reads (see Args: all of them are read before any data pointer is taken).
+Args read_args(Entry e, const Napi::CallbackInfo& info) {
+  switch (e) {
+    case Entry::Binary:
+    case Entry::RefBinary: return Args(info, "elementwiseBinary", {"op", "a", "b", "out", "shape", "aStrides", "bStrides"});
+    case Entry::Scale: return Args(info, "scaleShift", {"x", "out", "scale", "offset"});
+    case Entry::Copy:
+    case Entry::RefCopy: return Args(info, "stridedCopy", {"x", "out", "shape", "strides"});
+    case Entry::Reduce:
+    case Entry::RefReduce: return Args(info, "reduceSum", {"x", "out", "shape", "outShape"});
+    case Entry::Blocks:
+      return Args(info, "copyBlocks", {"src", "dst", "rows", "cols", "srcStride", "srcOffset", "dstStride", "dstOffset"});
+  }
+  throw std::logic_error("internal: unknown elementwise entry");
+}
+
 template <Entry e>
 Napi::Value entry(const Napi::CallbackInfo& info) {
-  Napi::Object o = object_arg(info, "elementwise");
+  const Args o = read_args(e, info);
   const napi_typedarray_type type = float_type(o, leading_array(e));
   if (type == napi_float32_array) run<float>(e, o, type);
   else run<double>(e, o, type);
@@ -241,15 +257,15 @@ Napi::Value entry(const Napi::CallbackInfo& info) {
 }  // namespace
 
 void register_elementwise(Napi::Env env, Napi::Object exports) {
-  exports.Set("elementwiseBinary", Napi::Function::New(env, entry<Entry::Binary>, "elementwiseBinary"));
-  exports.Set("scaleShift", Napi::Function::New(env, entry<Entry::Scale>, "scaleShift"));
-  exports.Set("stridedCopy", Napi::Function::New(env, entry<Entry::Copy>, "stridedCopy"));
-  exports.Set("reduceSum", Napi::Function::New(env, entry<Entry::Reduce>, "reduceSum"));
-  exports.Set("copyBlocks", Napi::Function::New(env, entry<Entry::Blocks>, "copyBlocks"));
+  exports.Set("elementwiseBinary", Napi::Function::New(env, guarded<entry<Entry::Binary>>, "elementwiseBinary"));
+  exports.Set("scaleShift", Napi::Function::New(env, guarded<entry<Entry::Scale>>, "scaleShift"));
+  exports.Set("stridedCopy", Napi::Function::New(env, guarded<entry<Entry::Copy>>, "stridedCopy"));
+  exports.Set("reduceSum", Napi::Function::New(env, guarded<entry<Entry::Reduce>>, "reduceSum"));
+  exports.Set("copyBlocks", Napi::Function::New(env, guarded<entry<Entry::Blocks>>, "copyBlocks"));
   exports.Set("referenceElementwiseBinary",
-              Napi::Function::New(env, entry<Entry::RefBinary>, "referenceElementwiseBinary"));
-  exports.Set("referenceStridedCopy", Napi::Function::New(env, entry<Entry::RefCopy>, "referenceStridedCopy"));
-  exports.Set("referenceReduceSum", Napi::Function::New(env, entry<Entry::RefReduce>, "referenceReduceSum"));
+              Napi::Function::New(env, guarded<entry<Entry::RefBinary>>, "referenceElementwiseBinary"));
+  exports.Set("referenceStridedCopy", Napi::Function::New(env, guarded<entry<Entry::RefCopy>>, "referenceStridedCopy"));
+  exports.Set("referenceReduceSum", Napi::Function::New(env, guarded<entry<Entry::RefReduce>>, "referenceReduceSum"));
 }
 
 }  // namespace luna

@@ -14,7 +14,7 @@ namespace luna {
 namespace {
 
 // A non-negative integer below 2^31; `fallback` when the field is absent (undefined).
-int64_t count_field(const Napi::Object& o, const char* name, int64_t fallback) {
+int64_t count_field(const Args& o, const char* name, int64_t fallback) {
   Napi::Value v = o.Get(name);
   if (v.IsUndefined()) return fallback;
   const double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : NAN;
@@ -23,25 +23,25 @@ int64_t count_field(const Napi::Object& o, const char* name, int64_t fallback) {
   return static_cast<int64_t>(d);
 }
 
-bool bool_field(const Napi::Object& o, const char* name) {
+bool bool_field(const Args& o, const char* name) {
   Napi::Value v = o.Get(name);
   if (v.IsUndefined()) return false;
   if (!v.IsBoolean()) throw Napi::TypeError::New(o.Env(), std::string(name) + " must be a boolean");
   return v.As<Napi::Boolean>().Value();
 }
 
-double number_field(const Napi::Object& o, const char* name, double fallback) {
+double number_field(const Args& o, const char* name, double fallback) {
   if (o.Get(name).IsUndefined()) return fallback;
   return finite_field(o, name);
 }
 
-bool absent(const Napi::Object& o, const char* name) {
+bool absent(const Args& o, const char* name) {
   Napi::Value v = o.Get(name);
   return v.IsUndefined() || v.IsNull();
 }
 
 // The element type of a call, from its first array (`first`).
-napi_typedarray_type float_type(const Napi::Object& o, const char* first) {
+napi_typedarray_type float_type(const Args& o, const char* first) {
   Napi::Value v = o.Get(first);
   if (v.IsTypedArray()) {
     const napi_typedarray_type t = v.As<Napi::TypedArray>().TypedArrayType();
@@ -60,7 +60,7 @@ void check_disjoint(Napi::Env env, const T* out, int64_t out_len, const T* in, i
 }
 
 template <typename T>
-GemmParams<T> read_gemm(const Napi::Object& o, napi_typedarray_type type) {
+GemmParams<T> read_gemm(const Args& o, napi_typedarray_type type) {
   Napi::Env env = o.Env();
   GemmParams<T> p;
   p.M = count_field(o, "M", -1);
@@ -94,7 +94,8 @@ GemmParams<T> read_gemm(const Napi::Object& o, napi_typedarray_type type) {
 
 template <bool reference>
 Napi::Value gemm_entry(const Napi::CallbackInfo& info) {
-  Napi::Object o = object_arg(info, reference ? "gemmReference" : "gemm");
+  const Args o(info, reference ? "gemmReference" : "gemm",
+               {"a", "b", "c", "M", "N", "K", "transA", "transB", "alpha", "beta", "batch", "bias"});
   const napi_typedarray_type type = float_type(o, "a");
   if (type == napi_float32_array) {
     const GemmParams<float> p = read_gemm<float>(o, type);
@@ -108,7 +109,7 @@ Napi::Value gemm_entry(const Napi::CallbackInfo& info) {
 
 // biasAdd({ y, bias, rows, cols }): y[rows x cols] += bias on every row.
 template <typename T>
-void bias_add_typed(const Napi::Object& o, napi_typedarray_type type) {
+void bias_add_typed(const Args& o, napi_typedarray_type type) {
   const int64_t rows = count_field(o, "rows", -1), cols = count_field(o, "cols", -1);
   if (rows < 0 || cols < 0) throw Napi::RangeError::New(o.Env(), "rows and cols are required");
   const int64_t len = checked_product(o.Env(), {rows, cols});
@@ -119,7 +120,7 @@ void bias_add_typed(const Napi::Object& o, napi_typedarray_type type) {
 }
 
 Napi::Value bias_add_entry(const Napi::CallbackInfo& info) {
-  Napi::Object o = object_arg(info, "biasAdd");
+  const Args o(info, "biasAdd", {"y", "bias", "rows", "cols"});
   const napi_typedarray_type type = float_type(o, "y");
   if (type == napi_float32_array) bias_add_typed<float>(o, type);
   else bias_add_typed<double>(o, type);
@@ -128,7 +129,7 @@ Napi::Value bias_add_entry(const Napi::CallbackInfo& info) {
 
 // columnSum({ x, out, rows, cols, accumulate? }): out[j] (+)= sum_i x[i, j].
 template <typename T, bool reference>
-void column_sum_typed(const Napi::Object& o, napi_typedarray_type type) {
+void column_sum_typed(const Args& o, napi_typedarray_type type) {
   const int64_t rows = count_field(o, "rows", -1), cols = count_field(o, "cols", -1);
   if (rows < 0 || cols < 0) throw Napi::RangeError::New(o.Env(), "rows and cols are required");
   const int64_t len = checked_product(o.Env(), {rows, cols});
@@ -145,7 +146,7 @@ void column_sum_typed(const Napi::Object& o, napi_typedarray_type type) {
 
 template <bool reference>
 Napi::Value column_sum_entry(const Napi::CallbackInfo& info) {
-  Napi::Object o = object_arg(info, reference ? "columnSumReference" : "columnSum");
+  const Args o(info, reference ? "columnSumReference" : "columnSum", {"x", "out", "rows", "cols", "accumulate"});
   const napi_typedarray_type type = float_type(o, "x");
   if (type == napi_float32_array) column_sum_typed<float, reference>(o, type);
   else column_sum_typed<double, reference>(o, type);
@@ -155,11 +156,11 @@ Napi::Value column_sum_entry(const Napi::CallbackInfo& info) {
 }  // namespace
 
 void register_gemm(Napi::Env env, Napi::Object exports) {
-  exports.Set("gemm", Napi::Function::New(env, gemm_entry<false>, "gemm"));
-  exports.Set("gemmReference", Napi::Function::New(env, gemm_entry<true>, "gemmReference"));
-  exports.Set("biasAdd", Napi::Function::New(env, bias_add_entry, "biasAdd"));
-  exports.Set("columnSum", Napi::Function::New(env, column_sum_entry<false>, "columnSum"));
-  exports.Set("columnSumReference", Napi::Function::New(env, column_sum_entry<true>, "columnSumReference"));
+  exports.Set("gemm", Napi::Function::New(env, guarded<gemm_entry<false>>, "gemm"));
+  exports.Set("gemmReference", Napi::Function::New(env, guarded<gemm_entry<true>>, "gemmReference"));
+  exports.Set("biasAdd", Napi::Function::New(env, guarded<bias_add_entry>, "biasAdd"));
+  exports.Set("columnSum", Napi::Function::New(env, guarded<column_sum_entry<false>>, "columnSum"));
+  exports.Set("columnSumReference", Napi::Function::New(env, guarded<column_sum_entry<true>>, "columnSumReference"));
 }
 
 }  // namespace luna

@@ -8,6 +8,7 @@
 #include "nn_binding.h"
 
 #include <string>
+#include <vector>
 
 #include "../kernels/nn_kernels.h"
 #include "../reference/nn_reference.h"
@@ -17,21 +18,24 @@ namespace luna {
 
 namespace {
 
-Napi::Error type_error(const Napi::Object& o, const std::string& msg) { return Napi::TypeError::New(o.Env(), msg); }
-Napi::Error range_error(const Napi::Object& o, const std::string& msg) { return Napi::RangeError::New(o.Env(), msg); }
+Napi::Error type_error(const Args& o, const std::string& msg) { return Napi::TypeError::New(o.Env(), msg); }
+Napi::Error range_error(const Args& o, const std::string& msg) { return Napi::RangeError::New(o.Env(), msg); }
 
 bool is_absent(const Napi::Value& v) { return v.IsNull() || v.IsUndefined(); }
 
 // A float array field of the call's element type and exact length, or null when absent.
 template <typename T>
-T* optional_array(const Napi::Object& o, const char* name, napi_typedarray_type type, int64_t length) {
+T* optional_array(const Args& o, const char* name, napi_typedarray_type type, int64_t length) {
   if (is_absent(o.Get(name))) return nullptr;
   return array_field<T>(o, name, type, length);
 }
 
-// An Int32Array field of exact length (binding_util's array_field names only float and byte
-// arrays in its messages).
-const int32_t* int32_field(const Napi::Object& o, const char* name, int64_t length) {
+// An Int32Array field of exact length, copied. The ids and targets are indices the kernels
+// read memory at, so they are validated here and then must not change: a copy cannot alias an
+// output (an Int32Array and a Float32Array may view the same ArrayBuffer, and the kernel would
+// overwrite the checked ids while using them) nor be changed by another thread (a
+// SharedArrayBuffer). n int32 values are cheap next to the n x d work of the kernels.
+const int32_t* int32_field(const Args& o, const char* name, int64_t length, std::vector<int32_t>& copy) {
   Napi::Value v = o.Get(name);
   if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
     throw type_error(o, std::string(name) + " must be an Int32Array");
@@ -40,11 +44,13 @@ const int32_t* int32_field(const Napi::Object& o, const char* name, int64_t leng
     throw range_error(o, std::string(name) + " must have " + std::to_string(length) + " elements, got " +
                              std::to_string(arr.ElementLength()));
   const uint8_t* base = static_cast<const uint8_t*>(arr.ArrayBuffer().Data());
-  return reinterpret_cast<const int32_t*>(base + arr.ByteOffset());
+  const int32_t* src = reinterpret_cast<const int32_t*>(base + arr.ByteOffset());
+  copy.assign(src, src + length);
+  return copy.data();
 }
 
 // A number field in [lo, hi] (an integer when `integer`).
-double number_in(const Napi::Object& o, const char* name, double lo, double hi, bool integer) {
+double number_in(const Args& o, const char* name, double lo, double hi, bool integer) {
   Napi::Value v = o.Get(name);
   const double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : NAN;
   if (!(d >= lo && d <= hi) || (integer && std::floor(d) != d))
@@ -53,7 +59,7 @@ double number_in(const Napi::Object& o, const char* name, double lo, double hi, 
   return d;
 }
 
-bool reference_flag(const Napi::Object& o) {
+bool reference_flag(const Args& o) {
   Napi::Value v = o.Get("reference");
   if (is_absent(v)) return false;
   if (!v.IsBoolean()) throw type_error(o, "reference must be a boolean");
@@ -61,7 +67,7 @@ bool reference_flag(const Napi::Object& o) {
 }
 
 // The element type of a call, read from its first float array.
-napi_typedarray_type float_type(const Napi::Object& o, const char* name) {
+napi_typedarray_type float_type(const Args& o, const char* name) {
   Napi::Value v = o.Get(name);
   if (v.IsTypedArray()) {
     const napi_typedarray_type t = v.As<Napi::TypedArray>().TypedArrayType();
@@ -72,8 +78,9 @@ napi_typedarray_type float_type(const Napi::Object& o, const char* name) {
 
 // Calls body<float> or body<double> by the type of the float array `key`.
 template <template <typename> class Body>
-Napi::Value dispatch(const Napi::CallbackInfo& info, const char* fn, const char* key) {
-  Napi::Object o = object_arg(info, fn);
+Napi::Value dispatch(const Napi::CallbackInfo& info, const char* fn, const char* key,
+                     const std::vector<const char*>& fields) {
+  const Args o(info, fn, fields);
   const napi_typedarray_type type = float_type(o, key);
   if (type == napi_float32_array) Body<float>::run(o, type, reference_flag(o));
   else Body<double>::run(o, type, reference_flag(o));
@@ -83,7 +90,7 @@ Napi::Value dispatch(const Napi::CallbackInfo& info, const char* fn, const char*
 // ---- layer norm ----
 
 template <typename T>
-LayerNormParams<T> layer_norm_params(const Napi::Object& o, napi_typedarray_type type) {
+LayerNormParams<T> layer_norm_params(const Args& o, napi_typedarray_type type) {
   LayerNormParams<T> p;
   p.rows = dim_field(o, "rows");
   p.d = dim_field(o, "d");
@@ -97,7 +104,7 @@ LayerNormParams<T> layer_norm_params(const Napi::Object& o, napi_typedarray_type
 
 template <typename T>
 struct LayerNormForward {
-  static void run(const Napi::Object& o, napi_typedarray_type type, bool ref) {
+  static void run(const Args& o, napi_typedarray_type type, bool ref) {
     LayerNormParams<T> p = layer_norm_params<T>(o, type);
     p.eps = number_in(o, "eps", 0, 1e300, false);
     p.bias = optional_array<T>(o, "bias", type, p.d);
@@ -108,7 +115,7 @@ struct LayerNormForward {
 
 template <typename T>
 struct LayerNormBackward {
-  static void run(const Napi::Object& o, napi_typedarray_type type, bool ref) {
+  static void run(const Args& o, napi_typedarray_type type, bool ref) {
     LayerNormParams<T> p = layer_norm_params<T>(o, type);
     p.dout = array_field<T>(o, "dout", type, p.rows * p.d);
     p.dx = optional_array<T>(o, "dx", type, p.rows * p.d);
@@ -126,7 +133,7 @@ template <Act act>
 struct ActivationEntry {
   template <typename T>
   struct Forward {
-    static void run(const Napi::Object& o, napi_typedarray_type type, bool ref) {
+    static void run(const Args& o, napi_typedarray_type type, bool ref) {
       ActivationParams<T> p;
       p.n = dim_field(o, "n");
       p.x = array_field<T>(o, "x", type, p.n);
@@ -137,7 +144,7 @@ struct ActivationEntry {
   };
   template <typename T>
   struct Backward {
-    static void run(const Napi::Object& o, napi_typedarray_type type, bool ref) {
+    static void run(const Args& o, napi_typedarray_type type, bool ref) {
       ActivationParams<T> p;
       p.n = dim_field(o, "n");
       p.x = array_field<T>(o, "x", type, p.n);
@@ -155,7 +162,7 @@ template <bool backward>
 struct DropoutEntry {
   template <typename T>
   struct Body {
-    static void run(const Napi::Object& o, napi_typedarray_type type, bool ref) {
+    static void run(const Args& o, napi_typedarray_type type, bool ref) {
       DropoutParams<T> p;
       p.n = dim_field(o, "n");
       p.p = number_in(o, "p", 0, 1, false);
@@ -170,14 +177,14 @@ struct DropoutEntry {
 // ---- embedding ----
 
 template <typename T>
-EmbeddingParams<T> embedding_params(const Napi::Object& o) {
+EmbeddingParams<T> embedding_params(const Args& o, std::vector<int32_t>& ids) {
   EmbeddingParams<T> p;
   p.n = dim_field(o, "n");
   p.V = dim_field(o, "V");
   p.d = dim_field(o, "d");
   checked_product(o.Env(), {p.n, p.d});
   checked_product(o.Env(), {p.V, p.d});
-  p.ids = int32_field(o, "ids", p.n);
+  p.ids = int32_field(o, "ids", p.n, ids);
   for (int64_t i = 0; i < p.n; ++i)
     if (p.ids[i] < 0 || p.ids[i] >= p.V)
       throw range_error(o, "ids[" + std::to_string(i) + "] = " + std::to_string(p.ids[i]) + " is out of range [0, " +
@@ -187,8 +194,9 @@ EmbeddingParams<T> embedding_params(const Napi::Object& o) {
 
 template <typename T>
 struct EmbeddingForward {
-  static void run(const Napi::Object& o, napi_typedarray_type type, bool ref) {
-    EmbeddingParams<T> p = embedding_params<T>(o);
+  static void run(const Args& o, napi_typedarray_type type, bool ref) {
+    std::vector<int32_t> ids;
+    EmbeddingParams<T> p = embedding_params<T>(o, ids);
     p.weight = array_field<T>(o, "weight", type, p.V * p.d);
     p.out = array_field<T>(o, "out", type, p.n * p.d);
     ref ? reference_embedding_forward(p) : embedding_forward(p);
@@ -197,8 +205,9 @@ struct EmbeddingForward {
 
 template <typename T>
 struct EmbeddingBackward {
-  static void run(const Napi::Object& o, napi_typedarray_type type, bool ref) {
-    EmbeddingParams<T> p = embedding_params<T>(o);
+  static void run(const Args& o, napi_typedarray_type type, bool ref) {
+    std::vector<int32_t> ids;
+    EmbeddingParams<T> p = embedding_params<T>(o, ids);
     p.padding_idx = is_absent(o.Get("paddingIdx")) ? -1 : static_cast<int64_t>(number_in(o, "paddingIdx", -1, double(p.V - 1), true));
     p.dout = array_field<T>(o, "dout", type, p.n * p.d);
     p.dweight = array_field<T>(o, "dweight", type, p.V * p.d);
@@ -209,7 +218,7 @@ struct EmbeddingBackward {
 // ---- cross-entropy ----
 
 template <typename T>
-CrossEntropyParams<T> cross_entropy_params(const Napi::Object& o, napi_typedarray_type type) {
+CrossEntropyParams<T> cross_entropy_params(const Args& o, napi_typedarray_type type, std::vector<int32_t>& targets) {
   CrossEntropyParams<T> p;
   p.N = dim_field(o, "N");
   p.C = dim_field(o, "C");
@@ -217,7 +226,7 @@ CrossEntropyParams<T> cross_entropy_params(const Napi::Object& o, napi_typedarra
   p.label_smoothing = number_in(o, "labelSmoothing", 0, 1, false);
   p.ignore_index = static_cast<int64_t>(number_in(o, "ignoreIndex", -9007199254740991.0, 9007199254740991.0, true));
   p.logits = array_field<T>(o, "logits", type, n);
-  p.targets = int32_field(o, "targets", p.N);
+  p.targets = int32_field(o, "targets", p.N, targets);
   for (int64_t i = 0; i < p.N; ++i) {
     const int64_t t = p.targets[i];
     if (t != p.ignore_index && (t < 0 || t >= p.C))
@@ -230,8 +239,9 @@ CrossEntropyParams<T> cross_entropy_params(const Napi::Object& o, napi_typedarra
 
 template <typename T>
 struct CrossEntropyForward {
-  static void run(const Napi::Object& o, napi_typedarray_type type, bool ref) {
-    CrossEntropyParams<T> p = cross_entropy_params<T>(o, type);
+  static void run(const Args& o, napi_typedarray_type type, bool ref) {
+    std::vector<int32_t> targets;
+    CrossEntropyParams<T> p = cross_entropy_params<T>(o, type, targets);
     p.loss = array_field<T>(o, "loss", type, p.N);
     ref ? reference_cross_entropy_forward(p) : cross_entropy_forward(p);
   }
@@ -239,35 +249,45 @@ struct CrossEntropyForward {
 
 template <typename T>
 struct CrossEntropyBackward {
-  static void run(const Napi::Object& o, napi_typedarray_type type, bool ref) {
-    CrossEntropyParams<T> p = cross_entropy_params<T>(o, type);
+  static void run(const Args& o, napi_typedarray_type type, bool ref) {
+    std::vector<int32_t> targets;
+    CrossEntropyParams<T> p = cross_entropy_params<T>(o, type, targets);
     p.dloss = array_field<T>(o, "dloss", type, p.N);
     p.dlogits = array_field<T>(o, "dlogits", type, p.N * p.C);
     ref ? reference_cross_entropy_backward(p) : cross_entropy_backward(p);
   }
 };
 
+// Registers `name`; `fields` lists every field of its options object (read once, up front).
 template <template <typename> class Body>
-void add(Napi::Env env, Napi::Object exports, const char* name, const char* key) {
+void add(Napi::Env env, Napi::Object exports, const char* name, const char* key, std::vector<const char*> fields) {
+  fields.push_back("reference");
   exports.Set(name, Napi::Function::New(
-                        env, [name, key](const Napi::CallbackInfo& info) { return dispatch<Body>(info, name, key); }, name));
+                        env,
+                        [name, key, fields](const Napi::CallbackInfo& info) {
+                          return guard_call(info.Env(), [&] { return dispatch<Body>(info, name, key, fields); });
+                        },
+                        name));
 }
 
 }  // namespace
 
 void register_nn(Napi::Env env, Napi::Object exports) {
-  add<LayerNormForward>(env, exports, "layerNormForward", "x");
-  add<LayerNormBackward>(env, exports, "layerNormBackward", "x");
-  add<ActivationEntry<Act::Gelu>::Forward>(env, exports, "geluForward", "x");
-  add<ActivationEntry<Act::Gelu>::Backward>(env, exports, "geluBackward", "x");
-  add<ActivationEntry<Act::Relu>::Forward>(env, exports, "reluForward", "x");
-  add<ActivationEntry<Act::Relu>::Backward>(env, exports, "reluBackward", "x");
-  add<DropoutEntry<false>::Body>(env, exports, "dropoutForward", "x");
-  add<DropoutEntry<true>::Body>(env, exports, "dropoutBackward", "dout");
-  add<EmbeddingForward>(env, exports, "embeddingForward", "weight");
-  add<EmbeddingBackward>(env, exports, "embeddingBackward", "dout");
-  add<CrossEntropyForward>(env, exports, "crossEntropyForward", "logits");
-  add<CrossEntropyBackward>(env, exports, "crossEntropyBackward", "logits");
+  add<LayerNormForward>(env, exports, "layerNormForward", "x", {"x", "weight", "bias", "out", "mean", "rstd", "rows", "d", "eps"});
+  add<LayerNormBackward>(env, exports, "layerNormBackward", "x",
+                         {"x", "weight", "mean", "rstd", "dout", "dx", "dweight", "dbias", "rows", "d"});
+  add<ActivationEntry<Act::Gelu>::Forward>(env, exports, "geluForward", "x", {"x", "out", "n"});
+  add<ActivationEntry<Act::Gelu>::Backward>(env, exports, "geluBackward", "x", {"x", "dout", "dx", "n"});
+  add<ActivationEntry<Act::Relu>::Forward>(env, exports, "reluForward", "x", {"x", "out", "n"});
+  add<ActivationEntry<Act::Relu>::Backward>(env, exports, "reluBackward", "x", {"x", "dout", "dx", "n"});
+  add<DropoutEntry<false>::Body>(env, exports, "dropoutForward", "x", {"x", "out", "n", "p", "seed"});
+  add<DropoutEntry<true>::Body>(env, exports, "dropoutBackward", "dout", {"dout", "dx", "n", "p", "seed"});
+  add<EmbeddingForward>(env, exports, "embeddingForward", "weight", {"ids", "weight", "out", "n", "V", "d"});
+  add<EmbeddingBackward>(env, exports, "embeddingBackward", "dout", {"ids", "dout", "dweight", "n", "V", "d", "paddingIdx"});
+  add<CrossEntropyForward>(env, exports, "crossEntropyForward", "logits",
+                           {"logits", "targets", "loss", "lse", "N", "C", "labelSmoothing", "ignoreIndex"});
+  add<CrossEntropyBackward>(env, exports, "crossEntropyBackward", "logits",
+                            {"logits", "targets", "lse", "dloss", "dlogits", "N", "C", "labelSmoothing", "ignoreIndex"});
 }
 
 }  // namespace luna

@@ -6,6 +6,7 @@
 #include "../runtime/cpu_features.h"
 #include "../runtime/cuda_probe.h"
 #include "../runtime/thread_pool.h"
+#include "binding_util.h"
 
 namespace luna {
 
@@ -44,10 +45,10 @@ Napi::Value cuda_info(const Napi::CallbackInfo& info) {
 }  // namespace
 
 void register_runtime(Napi::Env env, Napi::Object exports) {
-  exports.Set("setNumThreads", Napi::Function::New(env, set_threads, "setNumThreads"));
-  exports.Set("getNumThreads", Napi::Function::New(env, get_threads, "getNumThreads"));
-  exports.Set("cpuInfo", Napi::Function::New(env, cpu_info, "cpuInfo"));
-  exports.Set("cudaInfo", Napi::Function::New(env, cuda_info, "cudaInfo"));
+  exports.Set("setNumThreads", Napi::Function::New(env, guarded<set_threads>, "setNumThreads"));
+  exports.Set("getNumThreads", Napi::Function::New(env, guarded<get_threads>, "getNumThreads"));
+  exports.Set("cpuInfo", Napi::Function::New(env, guarded<cpu_info>, "cpuInfo"));
+  exports.Set("cudaInfo", Napi::Function::New(env, guarded<cuda_info>, "cudaInfo"));
 }
 
 }  // namespace luna

@@ -30,4 +30,15 @@ void mask_to_bias(const uint8_t* mask, int64_t len, std::vector<T>& bias) {
   for (int64_t j = 0; j < len; ++j) bias[j] = mask[j] ? -std::numeric_limits<T>::infinity() : T(0);
 }
 
+// True when every key of one batch element is padding (mask is that element's [len] row, or
+// nullptr for no mask). Only such rows take the "output 0, lse -inf" convention. A row whose
+// logits are all -inf or NaN for another reason (a NaN or infinite query, say) is not masked:
+// its softmax is NaN, as in PyTorch, and must not be mistaken for padding.
+inline bool all_keys_masked(const uint8_t* mask, int64_t len) {
+  if (mask == nullptr) return false;
+  for (int64_t j = 0; j < len; ++j)
+    if (!mask[j]) return false;
+  return true;
+}
+
 }  // namespace luna

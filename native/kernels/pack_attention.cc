@@ -103,13 +103,19 @@ void pack_forward(const AttentionParams<T>& p) {
 
   // Merge the chunks of each (batch, head) in chunk order.
   parallel_for(BH, [&](int64_t bh) {
+    const bool masked = all_keys_masked(p.mask ? p.mask + (bh / p.h) * M : nullptr, M);
     for (int64_t i = 0; i < L; ++i) {
       T* out = p.out + (bh * L + i) * dh;
       T top = neg_inf;
       for (int64_t c = 0; c < chunks; ++c) top = std::max(top, part_max[(bh * chunks + c) * L + i]);
       std::fill(out, out + dh, T(0));
-      if (top == neg_inf) {  // every key masked: output 0 by convention
+      if (masked) {  // every key masked: output 0 by convention
         p.lse[bh * L + i] = neg_inf;
+        continue;
+      }
+      if (top == neg_inf) {  // every logit NaN or -inf (std::max skips NaN): softmax is NaN
+        std::fill(out, out + dh, std::numeric_limits<T>::quiet_NaN());
+        p.lse[bh * L + i] = std::numeric_limits<T>::quiet_NaN();
         continue;
       }
       T total = 0;

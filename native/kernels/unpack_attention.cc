@@ -23,12 +23,14 @@ template <typename T>
 struct KeySide {
   std::vector<T> kt, bias;
   const T* bias_ptr = nullptr;
+  bool all_masked = false;  // every key padding: rows take the "output 0" convention
 
   KeySide(const AttentionParams<T>& p, const T* k, int64_t b) : kt(p.dh * p.lk) {
     transpose_tile(p.lk, p.dh, k, p.dh, kt.data(), p.lk);
     if (p.mask) {
       mask_to_bias(p.mask + b * p.lk, p.lk, bias);
       bias_ptr = bias.data();
+      all_masked = all_keys_masked(p.mask + b * p.lk, p.lk);
     }
   }
 };
@@ -62,13 +64,15 @@ void unpack_forward(const AttentionParams<T>& p) {
       tile_gemm<T>(rows, L, dh, T(1), q, dh, 1, keys.kt.data(), L, probs.data(), L, false);
       for (int64_t r = 0; r < rows; ++r) {
         T* pr = probs.data() + r * L;
-        const T top = max_scaled_row<T>(L, pr, keys.bias_ptr, scale);
-        if (top == neg_inf) {  // every key masked: output 0, lse -inf
+        T top = max_scaled_row<T>(L, pr, keys.bias_ptr, scale);
+        if (keys.all_masked) {  // every key masked: output 0, lse -inf
           std::fill(pr, pr + L, T(0));
           inv_sum[r] = 0;
           lse[r] = neg_inf;
           continue;
         }
+        // Every logit NaN or -inf (the max may skip NaN): the softmax is NaN, as in PyTorch.
+        if (top == neg_inf) top = std::numeric_limits<T>::quiet_NaN();
         const T sum = exp_shifted_row<T>(L, pr, keys.bias_ptr, scale, top, pr);
         inv_sum[r] = T(1) / sum;
         lse[r] = top + std::log(sum);

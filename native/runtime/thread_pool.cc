@@ -9,6 +9,10 @@
 #include <thread>
 #include <vector>
 
+#if defined(__linux__)
+#include <pthread.h>
+#endif
+
 namespace luna {
 
 namespace {
@@ -28,13 +32,20 @@ thread_local bool inside_parallel_region = false;
 
 class ThreadPool {
  public:
-  ThreadPool() { resize_locked(default_thread_count()); }
+  ThreadPool() {
+    // Never throw out of the constructor: workers already started hold `this`. With fewer
+    // threads than asked for the pool still works (the caller runs what nobody else takes).
+    try {
+      resize_locked(default_thread_count());
+    } catch (...) {
+    }
+  }
   ~ThreadPool() { stop_workers(); }
 
-  int size() {
-    std::lock_guard<std::mutex> call(call_mutex_);
-    return threads_;
-  }
+  // Lock-free on purpose: kernels ask for the thread count to size their tiles, and a
+  // worker_thread asking while another thread owns the pool for a long job must not wait for
+  // that job to finish.
+  int size() const { return threads_.load(std::memory_order_relaxed); }
 
   void resize(int n) {
     std::lock_guard<std::mutex> call(call_mutex_);
@@ -46,7 +57,7 @@ class ThreadPool {
     // One caller at a time owns the workers; another thread calling meanwhile (a second
     // worker_thread, say) runs its tasks inline rather than oversubscribing the cores.
     std::unique_lock<std::mutex> call(call_mutex_, std::try_to_lock);
-    if (inside_parallel_region || !call.owns_lock() || threads_ == 1 || n_tasks == 1) {
+    if (inside_parallel_region || !call.owns_lock() || workers_.empty() || n_tasks == 1) {
       run_inline(n_tasks, fn);
       return;
     }
@@ -102,6 +113,10 @@ class ThreadPool {
   }
 
   void worker_loop() {
+#if defined(__linux__)
+    // A name shows the pool in `top -H` and lets tests count its threads (/proc/self/task).
+    pthread_setname_np(pthread_self(), "luna-pool");
+#endif
     inside_parallel_region = true;
     uint64_t seen = 0;
     for (;;) {
@@ -137,15 +152,22 @@ class ThreadPool {
   void resize_locked(int n) {
     n = std::max(1, std::min(n, 256));
     stop_workers();
-    threads_ = n;
-    for (int i = 1; i < n; ++i) workers_.emplace_back([this] { worker_loop(); });
+    // A thread that cannot be started (std::system_error) leaves the pool with the workers it
+    // got, the count telling the truth, and the error for the binding to turn into a JS error.
+    try {
+      for (int i = 1; i < n; ++i) workers_.emplace_back([this] { worker_loop(); });
+    } catch (...) {
+      threads_.store(static_cast<int>(workers_.size()) + 1);
+      throw;
+    }
+    threads_.store(n);
   }
 
   std::mutex call_mutex_;  // held by the one caller that owns the workers
   std::mutex mutex_;       // guards the job fields below
   std::condition_variable wake_, done_;
   std::vector<std::thread> workers_;
-  int threads_ = 1;
+  std::atomic<int> threads_{1};  // workers_.size() + 1 (the caller); written under call_mutex_
   bool stopping_ = false;
   uint64_t generation_ = 0;
   const std::function<void(int64_t)>* job_ = nullptr;
