@@ -196,6 +196,7 @@ export class Tensor {
     return this._requiresGrad;
   }
 
+  /** Marks a leaf as needing gradients (float tensors only); see the getter. */
   set requiresGrad(value: boolean) {
     checkBoolean('Tensor.requiresGrad', 'value', value);
     assertLive(this, 'Tensor.requiresGrad');
@@ -227,6 +228,7 @@ export class Tensor {
     return this._grad;
   }
 
+  /** Replaces the accumulated gradient (null clears it); must match shape, dtype and device. */
   set grad(value: Tensor | null) {
     if (value === null) {
       this._grad = null;
