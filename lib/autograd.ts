@@ -12,7 +12,7 @@
  * @packageDocumentation
  */
 import { LunaError, checkFunction, describe, formatShape, mismatch } from './errors';
-import { allocate, sameShape } from './dtype';
+import { allocate, allocateUninit, sameShape } from './dtype';
 import type { Tensor } from './tensor';
 import { assertLive, checkSameMeta, checkTensor, floatData, makeTensor } from './tensor';
 import { loadNative } from './native';
@@ -112,7 +112,11 @@ function filled(t: Tensor, value: number): Tensor {
 }
 
 function clone(t: Tensor): Tensor {
-  return makeTensor(floatData(t, 'backward', 'gradient').slice(), t._shape, t._dtype, t._device);
+  // A pooled buffer: a fresh slice() of a large gradient would page-fault every step.
+  const src = floatData(t, 'backward', 'gradient');
+  const copy = allocateUninit('backward', t._dtype, src.length) as Float32Array | Float64Array;
+  copy.set(src);
+  return makeTensor(copy, t._shape, t._dtype, t._device);
 }
 
 /** Below this many elements a JS loop beats the call into the addon. */
@@ -130,61 +134,109 @@ function addInto(dst: Tensor, src: Tensor): void {
   for (let i = 0; i < a.length; i++) a[i] += b[i];
 }
 
-/** A gradient on its way through the engine; `owned` means nobody else holds it, so it may be added into in place. */
-interface PendingGrad {
-  t: Tensor;
-  owned: boolean;
+/**
+ * Which gradients the engine made and may free, and how many pending entries hold each. A node
+ * may hand one tensor to several inputs (an add passes its incoming gradient to both operands),
+ * so a count, not a flag: the last holder to let go frees the buffer, which goes straight back
+ * to the pool for the next op. Only the sole holder may add into a gradient in place or give it
+ * away. A gradient the caller passed in, one a hook has seen (the hook may keep it) and one a
+ * leaf keeps as `.grad` are outside the book and never freed here.
+ */
+class GradBook {
+  private readonly holds = new Map<Tensor, number>();
+
+  /** The engine made `t` (or passes it on) for `k` more pending entries. */
+  add(t: Tensor, k: number): void {
+    if (k > 0) this.holds.set(t, (this.holds.get(t) ?? 0) + k);
+  }
+
+  /** True when `t` is the engine's and held by exactly one entry. */
+  owns(t: Tensor): boolean {
+    return this.holds.get(t) === 1;
+  }
+
+  /** True when the engine made `t` (however many entries hold it). */
+  manages(t: Tensor): boolean {
+    return this.holds.has(t);
+  }
+
+  /** One entry is done with `t`; the last one frees it. */
+  letGo(t: Tensor): void {
+    const n = this.holds.get(t);
+    if (n === undefined) return;
+    if (n > 1) {
+      this.holds.set(t, n - 1);
+    } else {
+      this.holds.delete(t);
+      t.dispose();
+    }
+  }
+
+  /** `t` leaves the engine's care: the engine will neither free nor write it. */
+  giveAway(t: Tensor): void {
+    this.holds.delete(t);
+  }
 }
 
-/** Frees a gradient the engine owns and no longer needs, so its buffer returns to the pool. */
-function drop(g: PendingGrad): void {
-  if (g.owned) g.t.dispose();
-}
-
-function accumulate(pending: Map<Tensor, PendingGrad>, target: Tensor, g: PendingGrad): void {
+function accumulate(pending: Map<Tensor, Tensor>, book: GradBook, target: Tensor, g: Tensor): void {
   const prev = pending.get(target);
   if (prev === undefined) {
     pending.set(target, g);
-  } else if (prev.owned) {
-    addInto(prev.t, g.t);
-    drop(g);
-  } else if (g.owned) {
+  } else if (book.owns(prev)) {
+    addInto(prev, g);
+    book.letGo(g);
+  } else if (book.owns(g)) {
     // Add into the new gradient instead of copying the shared one.
-    addInto(g.t, prev.t);
+    addInto(g, prev);
+    book.letGo(prev);
     pending.set(target, g);
   } else {
-    const sum = clone(prev.t);
-    addInto(sum, g.t);
-    pending.set(target, { t: sum, owned: true });
+    const sum = clone(prev);
+    addInto(sum, g);
+    book.letGo(prev);
+    book.letGo(g);
+    book.add(sum, 1);
+    pending.set(target, sum);
   }
 }
 
 /** Runs a tensor's hooks on its complete gradient; each may replace it. */
-function runHooks(t: Tensor, g: PendingGrad): PendingGrad {
+function runHooks(t: Tensor, g: Tensor, book: GradBook): Tensor {
   // Copy the list: a hook may unregister itself (or others) while we iterate.
   for (const { fn } of [...t._hooks]) {
-    const r: unknown = fn(g.t);
+    // The hook may keep what it is shown: from now on the engine neither frees nor writes it.
+    book.giveAway(g);
+    const r: unknown = fn(g);
     if (r === undefined || r === null) continue;
     const replacement = checkTensor('backward (hook result)', 'replacement gradient', r);
     checkSameMeta('backward (hook result)', 'replacement gradient', replacement, t);
-    g = { t: replacement, owned: false };
+    g = replacement;
   }
   return g;
 }
 
-function accumulateIntoLeaf(leaf: Tensor, g: PendingGrad): void {
+function accumulateIntoLeaf(leaf: Tensor, g: Tensor, book: GradBook): void {
   // A disposed leaf has nowhere to keep a gradient.
-  if (leaf._storage === null) return;
+  if (leaf._storage === null) {
+    book.letGo(g);
+    return;
+  }
   const current = leaf._grad;
   if (current === null || current._storage === null) {
-    // Take ownership only of a gradient nobody else holds; otherwise a later in-place
-    // accumulation would write into the caller's (or another tensor's) buffer.
-    leaf._grad = g.owned ? g.t : clone(g.t);
+    // Take over only a gradient nobody else holds; otherwise a later in-place accumulation
+    // would write into the caller's (or another tensor's) buffer.
+    if (book.owns(g)) {
+      book.giveAway(g);
+      leaf._grad = g;
+    } else {
+      leaf._grad = clone(g);
+      book.letGo(g);
+    }
     // The leaf owns its gradient now: a tidy scope around backward() must not free it.
     markKept(leaf._grad);
   } else {
-    addInto(current, g.t);
-    drop(g);
+    addInto(current, g);
+    book.letGo(g);
   }
 }
 
@@ -225,7 +277,7 @@ function topoOrder(roots: readonly Tensor[], where: string): Tensor[] {
   return post;
 }
 
-function rootGradient(root: Tensor, grad: Tensor | undefined, where: string): PendingGrad {
+function rootGradient(root: Tensor, grad: Tensor | undefined, where: string, book: GradBook): Tensor {
   if (grad === undefined || grad === null) {
     if (root._size !== 1) {
       throw mismatch(
@@ -236,11 +288,13 @@ function rootGradient(root: Tensor, grad: Tensor | undefined, where: string): Pe
         describe(grad),
       );
     }
-    return { t: filled(root, 1), owned: true };
+    const ones = filled(root, 1);
+    book.add(ones, 1);
+    return ones;
   }
   const g = checkTensor(where, 'grad', grad);
   checkSameMeta(where, 'grad', g, root);
-  return { t: g, owned: false };
+  return g;
 }
 
 /**
@@ -252,8 +306,9 @@ export function runBackward(
   grads: readonly (Tensor | undefined)[],
   where: string,
 ): void {
-  const pending = new Map<Tensor, PendingGrad>();
-  const seeds: PendingGrad[] = [];
+  const pending = new Map<Tensor, Tensor>();
+  const book = new GradBook();
+  const seeds: Tensor[] = [];
   roots.forEach((root, i) => {
     assertLive(root, where);
     if (!root._requiresGrad) {
@@ -263,12 +318,12 @@ export function runBackward(
           'set requiresGrad on the inputs before computing it, outside noGrad()',
       );
     }
-    seeds.push(rootGradient(root, grads[i], where));
+    seeds.push(rootGradient(root, grads[i], where, book));
   });
   // Everything is validated and the graph checked before any gradient is written, so a
   // refused call changes nothing.
   const order = topoOrder(roots, where);
-  roots.forEach((root, i) => accumulate(pending, root, seeds[i]));
+  roots.forEach((root, i) => accumulate(pending, book, root, seeds[i]));
 
   // Hooks and node backwards must not record a graph of their own.
   noGradDepth++;
@@ -278,18 +333,19 @@ export function runBackward(
       const arrived = pending.get(t);
       if (arrived === undefined) continue;
       pending.delete(t);
-      const g = runHooks(t, arrived);
+      const g = t._hooks.length > 0 ? runHooks(t, arrived, book) : arrived;
       const node = t._node;
       if (node === null) {
-        if (t._requiresGrad) accumulateIntoLeaf(t, g);
+        if (t._requiresGrad) accumulateIntoLeaf(t, g, book);
+        else book.letGo(g);
         continue;
       }
       const needsGrad = node.inputs.map((x) => x._requiresGrad);
-      const inputGrads = node.backward(g.t, needsGrad);
+      const inputGrads = node.backward(g, needsGrad);
       node.release();
-      // The incoming gradient is dead once the node has run, unless it was passed straight
-      // through to an input or a hook of this tensor saw it (the hook may have kept it).
-      if (g.owned && t._hooks.length === 0 && !inputGrads.includes(g.t)) g.t.dispose();
+      // How many inputs each returned gradient goes to. A fresh one is the engine's; the
+      // incoming one passed straight through stays the engine's only if it already was.
+      const uses = new Map<Tensor, number>();
       node.inputs.forEach((input, j) => {
         const ig = inputGrads[j];
         if (!needsGrad[j] || ig === null || ig === undefined) return;
@@ -300,10 +356,18 @@ export function runBackward(
               `for input ${j} (${input.toString()})`,
           );
         }
-        // A gradient returned for two inputs, or the incoming gradient passed straight
-        // through, is shared: never add into it in place.
-        const shared = ig === g.t || inputGrads.indexOf(ig) !== j || inputGrads.lastIndexOf(ig) !== j;
-        accumulate(pending, input, { t: ig, owned: !shared });
+        uses.set(ig, (uses.get(ig) ?? 0) + 1);
+      });
+      for (const [ig, k] of uses) {
+        if (ig !== g || book.manages(g)) book.add(ig, k);
+      }
+      // The entry that carried the incoming gradient is done with it (after the hand-outs
+      // above, so a gradient passed straight through is not freed on the way).
+      book.letGo(g);
+      node.inputs.forEach((input, j) => {
+        const ig = inputGrads[j];
+        if (!needsGrad[j] || ig === null || ig === undefined) return;
+        accumulate(pending, book, input, ig);
       });
     }
   } finally {

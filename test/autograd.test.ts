@@ -363,3 +363,37 @@ describe('gradient accumulation of large tensors (native add)', () => {
     expect(worst).toBeLessThan(1e-5);
   });
 });
+
+describe('the engine frees the gradients it made, and only those', () => {
+  it('a gradient passed through to several inputs is freed once all are done with it', async () => {
+    const { ops, randn, memoryStats } = await import('../lib/index');
+    const x = randn([50, 40], { seed: 3, requiresGrad: true });
+    const before = memoryStats().liveTensors;
+    const sq = ops.mul(x, x);
+    const y = ops.add(sq, x); // add hands its incoming gradient to both operands
+    const loss = ops.sum(y);
+    loss.backward();
+    for (const t of [sq, y, loss]) t.dispose();
+    // Only x.grad is left of everything the step made.
+    expect(memoryStats().liveTensors - before).toBe(1);
+    const g = x.grad!.dataSync();
+    const xv = x.dataSync();
+    for (let i = 0; i < g.length; i += 97) expect(g[i]).toBeCloseTo(2 * xv[i] + 1, 5);
+  });
+
+  it('a gradient a hook has seen is never freed by the engine', async () => {
+    const { ops, randn } = await import('../lib/index');
+    const x = randn([30, 20], { seed: 4, requiresGrad: true });
+    const y = ops.scale(x, 2);
+    let seen: Tensor | null = null;
+    y.registerHook((g) => {
+      seen = g;
+    });
+    ops.sum(ops.add(y, y)).backward();
+    expect(seen).not.toBeNull();
+    const kept = seen as unknown as Tensor;
+    expect(kept.isDisposed).toBe(false);
+    expect(Array.from(kept.dataSync()).every((v) => v === 2)).toBe(true);
+    expect(Array.from(x.grad!.dataSync()).every((v) => v === 4)).toBe(true);
+  });
+});
