@@ -162,13 +162,9 @@ double measure_sgemm_peak(std::string& source) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool validate_only = false;
-  int reps = 5;
-  for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--validate-only")) validate_only = true;
-    else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::max(1, std::atoi(argv[++i]));
-    else if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) set_num_threads(std::atoi(argv[++i]));
-  }
+  const Flags flags = parse_flags(argc, argv);
+  const bool validate_only = flags.validate_only;
+  const int reps = flags.reps;
   if (!validate_all()) return 1;
   if (validate_only) return 0;
 

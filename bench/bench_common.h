@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
+#include <cstring>
 #include <cmath>
 #include <functional>
 #include <limits>
@@ -81,6 +83,22 @@ inline double openblas_peak(Sgemm sgemm, int reps) {
     sgemm(kRowMajor, kNoTrans, kNoTrans, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
   });
   return 2.0 * n * n * double(n) / ms / 1e6;
+}
+
+// The flags every bench takes: --validate-only, --reps N, --threads N.
+struct Flags {
+  bool validate_only = false;
+  int reps = 5;
+};
+
+inline Flags parse_flags(int argc, char** argv) {
+  Flags f;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--validate-only")) f.validate_only = true;
+    else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) f.reps = std::max(1, std::atoi(argv[++i]));
+    else if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) set_num_threads(std::atoi(argv[++i]));
+  }
+  return f;
 }
 
 }  // namespace luna::bench

@@ -170,13 +170,9 @@ bool check_determinism() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool validate_only = false;
-  int reps = 5;
-  for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--validate-only")) validate_only = true;
-    else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::max(1, std::atoi(argv[++i]));
-    else if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) set_num_threads(std::atoi(argv[++i]));
-  }
+  const Flags flags = parse_flags(argc, argv);
+  const bool validate_only = flags.validate_only;
+  const int reps = flags.reps;
   if (!validate_all() || !validate_column_sum() || !check_determinism()) return 1;
   if (validate_only) return 0;
 
