@@ -77,17 +77,8 @@ describe('gradcheck (float64)', () => {
 });
 
 // ---- fast float32 against the float64 reference ----
-interface Gemm {
-  M: number;
-  N: number;
-  K: number;
-  transA?: boolean;
-  transB?: boolean;
-  alpha?: number;
-  beta?: number;
-  batch?: number;
-  bias?: boolean;
-}
+// A case: the addon's GEMM arguments without the buffers (made per case); bias says whether to add one.
+type Gemm = Omit<GemmArgs, 'a' | 'b' | 'c' | 'bias'> & { bias?: boolean };
 
 function label(g: Gemm): string {
   return `gemm M=${g.M} N=${g.N} K=${g.K} tA=${!!g.transA} tB=${!!g.transB} alpha=${g.alpha ?? 1} beta=${g.beta ?? 0} batch=${g.batch ?? 1}${g.bias ? ' bias' : ''}`;
