@@ -263,3 +263,13 @@ export interface NnNative {
     reference?: boolean;
   }): void;
 }
+
+// ---- causal Luna attention (issue 5) ----
+/** The causal Luna kernels (native/bindings/causal_binding.cc). */
+// eslint-disable-next-line @typescript-eslint/no-empty-interface
+export interface CausalNative {}
+
+// ---- softmax attention (issue 7) ----
+/** The flash-style softmax-attention kernels (native/bindings/softmax_binding.cc). */
+// eslint-disable-next-line @typescript-eslint/no-empty-interface
+export interface SoftmaxNative {}

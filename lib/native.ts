@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { createRequire } from 'node:module';
 import { LunaError } from './errors';
-import type { ElementwiseNative, GemmNative, NnNative } from './native-ops';
+import type { CausalNative, ElementwiseNative, GemmNative, NnNative, SoftmaxNative } from './native-ops';
 
 /** A float buffer as the kernels take it; all float arrays of one call share one type. */
 export type FloatArray = Float32Array | Float64Array;
@@ -74,7 +74,7 @@ export interface NativeCudaInfo {
 }
 
 /** The functions the addon exports (native/INTERFACE.md). All are synchronous. */
-export interface NativeAddon extends GemmNative, ElementwiseNative, NnNative {
+export interface NativeAddon extends GemmNative, ElementwiseNative, NnNative, CausalNative, SoftmaxNative {
   packForward(args: AttentionForwardArgs): void;
   unpackForward(args: AttentionForwardArgs): void;
   packBackward(args: AttentionBackwardArgs): void;
@@ -118,6 +118,8 @@ const REQUIRED_FUNCTIONS: readonly (keyof NativeAddon)[] = [
   'embeddingBackward',
   'crossEntropyForward',
   'crossEntropyBackward',
+  // ---- causal (issue 5): causal helper's lines ----
+  // ---- softmax attention (issue 7): softmax helper's lines ----
 ];
 
 /**

@@ -2,10 +2,12 @@
 #include <napi.h>
 
 #include "bindings/attention_binding.h"
+#include "bindings/causal_binding.h"
 #include "bindings/elementwise_binding.h"
 #include "bindings/gemm_binding.h"
 #include "bindings/nn_binding.h"
 #include "bindings/runtime_binding.h"
+#include "bindings/softmax_binding.h"
 
 namespace {
 
@@ -15,6 +17,8 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   luna::register_gemm(env, exports);
   luna::register_elementwise(env, exports);
   luna::register_nn(env, exports);
+  luna::register_causal(env, exports);
+  luna::register_softmax(env, exports);
   return exports;
 }
 

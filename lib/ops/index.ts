@@ -8,6 +8,8 @@ import { linearOps } from './linear';
 import { elementwiseOps } from './elementwise';
 import { shapeOps } from './shape';
 import { nnOps } from './nn-functional';
+import { causalOps } from './causal';
+import { softmaxOps } from './softmax-attention';
 
 export type { AttentionOptions } from './attention';
 
@@ -26,6 +28,8 @@ export const ops = Object.freeze({
   ...elementwiseOps,
   ...shapeOps,
   ...nnOps,
+  ...causalOps,
+  ...softmaxOps,
 });
 
 /** The type of the `ops` namespace object. */

@@ -1,0 +1,2 @@
+/** SKELETON: causal Luna attention ops (issue 5). */
+export const causalOps = {};

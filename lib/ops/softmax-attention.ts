@@ -1,0 +1,2 @@
+/** SKELETON: softmax attention op (issue 7). */
+export const softmaxOps = {};

@@ -1,0 +1,2 @@
+// SKELETON: to be filled in.
+namespace luna {}
