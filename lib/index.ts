@@ -48,5 +48,5 @@ export type * from './nn';
 export { manualSeed } from './seed';
 export { poolStats, emptyPool } from './pool';
 export type { PoolStats } from './pool';
-export { tidy, keep, memoryStats } from './memory';
+export { tidy, keep, memoryStats, resetPeakBytes } from './memory';
 export type { MemoryStats } from './memory';

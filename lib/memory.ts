@@ -59,6 +59,8 @@ export interface MemoryStats {
   liveStorages: number;
   /** The bytes of those buffers. */
   liveBytes: number;
+  /** The most `liveBytes` has been since the start or the last {@link resetPeakBytes}. */
+  peakBytes: number;
   /** How many `tidy` scopes are open right now. */
   tidyDepth: number;
   /** The buffer pool's counters (see poolStats). */
@@ -68,6 +70,7 @@ export interface MemoryStats {
 let liveTensors = 0;
 let liveStorages = 0;
 let liveBytes = 0;
+let peakBytes = 0;
 
 /**
  * The most bytes of pooled buffers that registrations may hold for the pool on behalf of
@@ -150,6 +153,7 @@ export function noteTensorDisposed(t: TensorLike, ticket: Ticket): void {
 export function noteStorageCreated(storage: object, bytes: number): void {
   liveStorages++;
   liveBytes += bytes;
+  if (liveBytes > peakBytes) peakBytes = liveBytes;
   storageRegistry.register(storage, bytes, storage);
 }
 
@@ -324,5 +328,13 @@ function closeScope(scope: Scope): void {
  * are neither disposed nor returned from a tidy scope.
  */
 export function memoryStats(): MemoryStats {
-  return { liveTensors, liveStorages, liveBytes, tidyDepth: scopes.length, pool: poolStats() };
+  return { liveTensors, liveStorages, liveBytes, peakBytes, tidyDepth: scopes.length, pool: poolStats() };
+}
+
+/**
+ * Starts a new peak: `memoryStats().peakBytes` becomes the bytes live now, and from then on
+ * records the most held until the next reset (e.g. the peak of one training step).
+ */
+export function resetPeakBytes(): void {
+  peakBytes = liveBytes;
 }

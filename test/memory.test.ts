@@ -17,6 +17,7 @@ import {
   ops,
   optim,
   poolStats,
+  resetPeakBytes,
   randn,
   saveSafetensors,
   serializeSafetensors,
@@ -381,5 +382,23 @@ describe('files', () => {
     } finally {
       spy.mockRestore();
     }
+  });
+});
+
+describe('peakBytes', () => {
+  it('records the most live bytes since the last resetPeakBytes', () => {
+    const base = memoryStats().liveBytes;
+    resetPeakBytes();
+    expect(memoryStats().peakBytes).toBe(base);
+    const a = zeros([1000]); // 4000 bytes
+    const b = zeros([500]); // 2000 bytes
+    a.dispose();
+    const s = memoryStats();
+    expect(s.liveBytes).toBe(base + 2000);
+    expect(s.peakBytes).toBe(base + 6000);
+    resetPeakBytes();
+    expect(memoryStats().peakBytes).toBe(base + 2000);
+    b.dispose();
+    expect(memoryStats().peakBytes).toBe(base + 2000);
   });
 });

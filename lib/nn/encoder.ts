@@ -12,6 +12,7 @@ import { ops } from '../ops';
 import { Module, ModuleOptions, moduleOptions, normalFill, parameterTensor } from './module';
 import { Dropout, Embedding, LayerNorm, Linear, checkProbability } from './layers';
 import { LunaEncoderLayer, consume } from './luna';
+import { sinusoidalPositions } from './positions';
 
 /** Options of {@link LunaEncoder}. */
 export interface LunaEncoderOptions extends ModuleOptions {
@@ -35,12 +36,18 @@ export interface LunaEncoderOptions extends ModuleOptions {
   paddingIdx?: number;
   /** l_eff = min(l, longest sequence in the batch) (default true, the reference's default). */
   dynamicProjection?: boolean;
+  /**
+   * 'learned' (default; the MLM/LRA encoder: a learned position table `embed_positions`) or
+   * 'sinusoidal' (the MT encoder: fixed sinusoids added to sqrt(d)-scaled token embeddings, and
+   * to sqrt(d)-scaled P rows at slots 0..l_eff-1; no `embed_positions` parameter).
+   */
+  positions?: 'learned' | 'sinusoidal';
 }
 
 const ENCODER_KEYS = [
   'vocabSize', 'maxPositions', 'embedDim', 'numLayers', 'numHeads', 'ffnDim', 'projectionLength',
   'numPackHeads', 'tieKV', 'normalizeBefore', 'activation', 'dropout', 'attentionDropout',
-  'activationDropout', 'paddingIdx', 'dynamicProjection',
+  'activationDropout', 'paddingIdx', 'dynamicProjection', 'positions',
 ] as const;
 
 /** What the encoder returns. */
@@ -73,7 +80,11 @@ export class LunaEncoder extends Module {
   readonly dynamicProjection: boolean;
   readonly normalizeBefore: boolean;
   readonly embed_tokens: Embedding;
-  readonly embed_positions: Embedding;
+  /** The learned position table; null with sinusoidal positions. */
+  readonly embed_positions: Embedding | null;
+  readonly positions: 'learned' | 'sinusoidal';
+  /** Multiplies token embeddings and P rows: sqrt(d) with sinusoidal positions, else 1. */
+  readonly embedScale: number;
   readonly projected_embeddings: Tensor;
   readonly emb_layer_norm: LayerNorm;
   readonly proj_emb_layer_norm: LayerNorm;
@@ -106,10 +117,17 @@ export class LunaEncoder extends Module {
       'embed_tokens',
       new Embedding({ numEmbeddings: vocab, embeddingDim: d, paddingIdx: this.paddingIdx, ...common, seed: rng.nextUint32() }),
     );
-    this.embed_positions = this.registerModule(
-      'embed_positions',
-      new Embedding({ numEmbeddings: this.maxPositions, embeddingDim: d, ...common, seed: rng.nextUint32() }),
-    );
+    if (opts.positions !== undefined && opts.positions !== 'learned' && opts.positions !== 'sinusoidal') {
+      throw mismatch('ERR_ARGUMENT', where, 'options.positions', "'learned' or 'sinusoidal'", describe(opts.positions));
+    }
+    this.positions = (opts.positions as 'learned' | 'sinusoidal' | undefined) ?? 'learned';
+    this.embedScale = this.positions === 'sinusoidal' ? Math.sqrt(d) : 1;
+    // Drawn even when unused, so the other parameters' initial values do not depend on the choice.
+    const positionSeed = rng.nextUint32();
+    this.embed_positions =
+      this.positions === 'learned'
+        ? this.registerModule('embed_positions', new Embedding({ numEmbeddings: this.maxPositions, embeddingDim: d, ...common, seed: positionSeed }))
+        : null;
     // The learned initial P, N(0, d^-1/2) as in the reference's LRA encoder.
     this.projected_embeddings = this.registerParameter(
       'projected_embeddings',
@@ -189,13 +207,19 @@ export class LunaEncoder extends Module {
     const paddingMask = anyPad ? makeTensor(padMask, [B, n], 'bool', this.device) : null;
     const packPaddingMask = anySlotPad ? makeTensor(slotMask, [B, l], 'bool', this.device) : null;
 
-    // X0 = LN(token + position embeddings), dropout, padded rows zeroed.
-    const positions = new Int32Array(B * n);
-    for (let b = 0; b < B; b++) for (let i = 0; i < n; i++) positions[b * n + i] = i;
-    const posIds = makeTensor(positions, [B, n], 'int32', this.device);
-    const tok = this.embed_tokens.forward(tokens);
-    const pos = this.embed_positions.forward(posIds);
-    posIds.dispose();
+    // X0 = LN(scale * token + position embeddings), dropout, padded rows zeroed.
+    let tok = this.embed_tokens.forward(tokens);
+    if (this.embedScale !== 1) tok = consume(tok, (t) => ops.scale(t, this.embedScale));
+    let pos: Tensor;
+    if (this.embed_positions !== null) {
+      const positions = new Int32Array(B * n);
+      for (let b = 0; b < B; b++) for (let i = 0; i < n; i++) positions[b * n + i] = i;
+      const posIds = makeTensor(positions, [B, n], 'int32', this.device);
+      pos = this.embed_positions.forward(posIds);
+      posIds.dispose();
+    } else {
+      pos = sinusoidalPositions(0, n, this.embedDim, this.dtype, this.device);
+    }
     let x = consume(consume(ops.add(tok, pos), (t) => this.emb_layer_norm.forward(t)), (t) => this.dropoutModule.forward(t));
     tok.dispose();
     pos.dispose();
@@ -206,7 +230,14 @@ export class LunaEncoder extends Module {
     }
 
     // P0 = LN(E_P[:l_eff]) broadcast over the batch, dropout, padded slots zeroed.
-    const pe = l === this.projectionLength ? this.projected_embeddings : ops.slice(this.projected_embeddings, 0, 0, l);
+    let pe = l === this.projectionLength ? this.projected_embeddings : ops.slice(this.projected_embeddings, 0, 0, l);
+    if (this.positions === 'sinusoidal') {
+      const slots = sinusoidalPositions(0, l, this.embedDim, this.dtype, this.device);
+      const scaled = ops.scale(pe, this.embedScale);
+      if (pe !== this.projected_embeddings) pe.dispose();
+      pe = consume(scaled, (t) => ops.add(t, slots));
+      slots.dispose();
+    }
     const peNorm = this.proj_emb_layer_norm.forward(pe);
     if (pe !== this.projected_embeddings) pe.dispose();
     let p = consume(consume(peNorm, (t) => ops.broadcastTo(t, [B, l, this.embedDim])), (t) => this.dropoutModule.forward(t));

@@ -137,44 +137,61 @@ export class LunaAttention extends Module {
     const context = opts.context === undefined || opts.context === null ? x : checkTensor(where, 'inputs.context', opts.context);
     const ctxMask = (opts.contextPaddingMask ?? null) as Tensor | null;
     const packMask = (opts.packPaddingMask ?? null) as Tensor | null;
-    const dropout = this.training ? this.attentionDropout : 0;
-    const hp = this.numPackHeads;
-    const h = this.numHeads;
+    const packed = this.pack(p, context, ctxMask);
+    const kv = this.unpackKeys(packed);
+    const output = this.unpack(x, kv, packMask);
+    kv.k.dispose();
+    if (kv.v !== kv.k) kv.v.dispose();
+    return { output, packed };
+  }
 
-    // Pack: P's hp-head queries attend to the context; the result Y_P has no output projection.
+  /**
+   * The pack half: P's hp-head queries attend to the context. p [B,l,d], context [B,m,d] ->
+   * Y_P [B,l,d] (no output projection). Decoders call it once per source: neither P nor the
+   * encoder output depends on the target tokens.
+   */
+  pack(p: Tensor, context: Tensor, contextPaddingMask: Tensor | null = null): Tensor {
+    const hp = this.numPackHeads;
+    const dropout = this.training ? this.attentionDropout : 0;
     const qp = consume(this.pq_proj.forward(p), (t) => ops.splitHeads(t, hp));
     let yp4: Tensor;
     if (this.tieKV) {
       const kvp = consume((this.pc_proj as Linear).forward(context), (t) => ops.splitHeads(t, hp));
-      yp4 = ops.packAttention(qp, kvp, kvp, { keyPaddingMask: ctxMask, dropout });
+      yp4 = ops.packAttention(qp, kvp, kvp, { keyPaddingMask: contextPaddingMask, dropout });
       kvp.dispose();
     } else {
       const kp = consume((this.pk_proj as Linear).forward(context), (t) => ops.splitHeads(t, hp));
       const vp = consume((this.pv_proj as Linear).forward(context), (t) => ops.splitHeads(t, hp));
-      yp4 = ops.packAttention(qp, kp, vp, { keyPaddingMask: ctxMask, dropout });
+      yp4 = ops.packAttention(qp, kp, vp, { keyPaddingMask: contextPaddingMask, dropout });
       kp.dispose();
       vp.dispose();
     }
     qp.dispose();
-    const packed = consume(yp4, (t) => ops.mergeHeads(t));
+    return consume(yp4, (t) => ops.mergeHeads(t));
+  }
 
-    // Unpack: X's h-head queries attend to keys/values projected from the raw Y_P.
-    const q = consume(this.q_proj.forward(x), (t) => ops.splitHeads(t, h));
-    let o4: Tensor;
+  /**
+   * The unpack's keys and values, projected from the raw Y_P [B,l,d] into h heads [B,h,l,dh]
+   * (one tensor when tied). A decoder caches them for every generated token.
+   */
+  unpackKeys(packed: Tensor): { k: Tensor; v: Tensor } {
+    const h = this.numHeads;
     if (this.tieKV) {
-      const kvu = consume((this.c_proj as Linear).forward(packed), (t) => ops.splitHeads(t, h));
-      o4 = ops.unpackAttention(q, kvu, kvu, { keyPaddingMask: packMask, dropout });
-      kvu.dispose();
-    } else {
-      const ku = consume((this.k_proj as Linear).forward(packed), (t) => ops.splitHeads(t, h));
-      const vu = consume((this.v_proj as Linear).forward(packed), (t) => ops.splitHeads(t, h));
-      o4 = ops.unpackAttention(q, ku, vu, { keyPaddingMask: packMask, dropout });
-      ku.dispose();
-      vu.dispose();
+      const kv = consume((this.c_proj as Linear).forward(packed), (t) => ops.splitHeads(t, h));
+      return { k: kv, v: kv };
     }
+    const k = consume((this.k_proj as Linear).forward(packed), (t) => ops.splitHeads(t, h));
+    const v = consume((this.v_proj as Linear).forward(packed), (t) => ops.splitHeads(t, h));
+    return { k, v };
+  }
+
+  /** The unpack half: x [B,n,d] attends to the cached keys and values -> Y_X [B,n,d] (after out_proj). */
+  unpack(x: Tensor, kv: { k: Tensor; v: Tensor }, packPaddingMask: Tensor | null = null): Tensor {
+    const dropout = this.training ? this.attentionDropout : 0;
+    const q = consume(this.q_proj.forward(x), (t) => ops.splitHeads(t, this.numHeads));
+    const o4 = ops.unpackAttention(q, kv.k, kv.v, { keyPaddingMask: packPaddingMask, dropout });
     q.dispose();
-    const output = consume(consume(o4, (t) => ops.mergeHeads(t)), (t) => this.out_proj.forward(t));
-    return { output, packed };
+    return consume(consume(o4, (t) => ops.mergeHeads(t)), (t) => this.out_proj.forward(t));
   }
 }
 
