@@ -3,11 +3,14 @@
 // 1. Validates: the fast float32 kernels against the float64 reference, with the project's
 //    policy (error at most 2x forward / 3x backward the error of a plain float32 implementation
 //    of the same math), over small odd shapes, masks and tied k/v. Outputs start as NaN.
-// 2. Measures the machine's sgemm peak in the same run (OpenBLAS through dlopen when present,
-//    else our own tile GEMM on an L1-resident tile).
-// 3. Times pack+unpack forward and backward at B=4, n=4096, h=4, dh=64, l in {16,64,128,256}
-//    (k === v as in Luna's tied projection) and prints GFLOP/s and the fraction of the peak.
-// Flags: --validate-only, --reps N, --threads N. The last line is `RESULT_JSON {...}`.
+// 2. Measures the machine's peaks in the same run (bench_common.h): sgemm GFLOP/s (OpenBLAS
+//    through dlopen when present, else our own GEMM) and streaming-copy GB/s.
+// 3. Times pack and unpack, forward and backward, at B=4, n=4096, h=4, dh=64, l in
+//    {16, 64, 128, 256} (k === v as in Luna's tied projection), inputs rotated out of the cache;
+//    prints GFLOP/s, GB/s and both peak fractions (these kernels are compute-bound: the flop
+//    fraction is the one to chase).
+// Flags: --validate-only, --reps N, --threads N, --json FILE. The last line is `RESULT_JSON {...}`
+// (bench/run-ops.mjs reads it).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -21,7 +24,6 @@
 #include <vector>
 
 #include "../native/kernels/attention.h"
-#include "../native/kernels/tile_gemm.h"
 #include "../native/reference/attention_reference.h"
 #include "../native/runtime/cpu_features.h"
 #include "../native/runtime/thread_pool.h"
@@ -138,72 +140,101 @@ bool validate_all() {
   return failed == 0;
 }
 
-// sgemm peak: OpenBLAS when it can be loaded (the library PyTorch uses here), else our tile GEMM.
-double measure_sgemm_peak(std::string& source) {
-  std::string lib;
-  if (Sgemm sgemm = load_openblas(lib)) {
-    source = "OpenBLAS cblas_sgemm 2048^3 (" + lib + ")";
-    return openblas_peak(sgemm, 5);
-  }
-  // Fallback: every thread runs our tile GEMM on its own L1-resident 64x64x64 tile.
-  const int64_t t = 64, inner = 200;
-  const int threads = num_threads();
-  std::vector<std::vector<float>> bufs(threads * 3, std::vector<float>(t * t, 0.5f));
-  const double ms = median_ms(5, [&] {
-    parallel_for(threads, [&](int64_t w) {
-      for (int it = 0; it < inner; ++it)
-        tile_gemm<float>(t, t, t, 1.0f, bufs[w * 3].data(), t, 1, bufs[w * 3 + 1].data(), t, bufs[w * 3 + 2].data(), t, true);
-    });
+// Pack+unpack at one l: the l packed rows over the n-long sequence (pack) and the n positions
+// over the l packed rows (unpack), k === v as in Luna's tied projection. Inputs rotate through
+// copies larger than the LLC. max_err is over the first (batch, head): the float64 reference
+// is plain loops, and every (batch, head) is computed alike.
+std::string time_l(Report& report, int reps, int64_t l) {
+  const int64_t B = 4, n = 4096, h = 4, dh = 64, d = h * dh;
+  const double scale = 1.0 / std::sqrt(double(dh));
+  std::mt19937_64 rng(7);
+  // pack: q, out, dout, dq [B, h, l, dh]; k (= v), dk [B, h, n, dh]; lse [B, h, l]
+  // unpack: q, out, dout, dq [B, h, n, dh]; k (= v), dk [B, h, l, dh]; lse [B, h, n]
+  Buffers<float> pk, up;
+  pk.q = randn(B * h * l * dh, rng); pk.k = randn(B * h * n * dh, rng); pk.dout = randn(B * h * l * dh, rng);
+  pk.out.resize(pk.q.size()); pk.lse.resize(B * h * l); pk.dq.resize(pk.q.size()); pk.dk.resize(pk.k.size());
+  up.q = randn(B * h * n * dh, rng); up.k = randn(B * h * l * dh, rng); up.dout = randn(B * h * n * dh, rng);
+  up.out.resize(up.q.size()); up.lse.resize(B * h * n); up.dq.resize(up.q.size()); up.dk.resize(up.k.size());
+
+  // The fewest bytes (luna-math.md section 6, float32, tied): a forward reads q and k once and
+  // writes out and lse; a backward reads q, k, out, dout and lse and writes dq and dk.
+  const double F = 4, pack_fwd_bytes = F * (2.0 * B * l * d + B * n * d + B * h * l),
+               unpack_fwd_bytes = F * (2.0 * B * n * d + B * l * d + B * h * n),
+               pack_bwd_bytes = F * (4.0 * B * l * d + 2.0 * B * n * d + B * h * l),
+               unpack_bwd_bytes = F * (4.0 * B * n * d + 2.0 * B * l * d + B * h * n);
+  // Enough sets that even the forward, which touches the least, finds its inputs out of cache.
+  const int sp = rotation_sets(pack_fwd_bytes), su = rotation_sets(unpack_fwd_bytes);
+  std::vector<Buffers<float>> pks(size_t(sp), pk), ups(size_t(su), up);
+  std::vector<AttentionParams<float>> pp, pu;
+  for (auto& b : pks) pp.push_back(b.params(B, h, l, n, dh, scale, true));
+  for (auto& b : ups) pu.push_back(b.params(B, h, n, l, dh, scale, true));
+  // The forwards run first: their pass over every set leaves the out and lse the backwards read.
+  const Timing pack_fwd = time_rotated(reps, sp, [&](int s) { pack_forward(pp[s]); });
+  const Timing unpack_fwd = time_rotated(reps, su, [&](int s) { unpack_forward(pu[s]); });
+  const Timing pack_bwd = time_rotated(reps, sp, [&](int s) { pack_backward(pp[s]); });
+  const Timing unpack_bwd = time_rotated(reps, su, [&](int s) { unpack_backward(pu[s]); });
+  const Timing all = time_rotated(reps, std::max(sp, su), [&](int s) {
+    pack_forward(pp[s % sp]); unpack_forward(pu[s % su]); pack_backward(pp[s % sp]); unpack_backward(pu[s % su]);
   });
-  source = "own tile GEMM 64^3 in L1 (OpenBLAS not found)";
-  return 2.0 * t * t * t * inner * threads / ms / 1e6;
+
+  // Errors on (batch 0, head 0) of set 0: the first lq * dh elements of each [B, h, lq, dh] array.
+  auto slice_err = [&](const Buffers<float>& f, int64_t lq, int64_t lk, double& fwd, double& bwd) {
+    Buffers<double> r;
+    auto first = [](const std::vector<float>& x, int64_t k) { return std::vector<double>(x.begin(), x.begin() + k); };
+    r.q = first(f.q, lq * dh); r.k = first(f.k, lk * dh); r.dout = first(f.dout, lq * dh);
+    r.out.resize(lq * dh); r.lse.resize(lq); r.dq.resize(lq * dh); r.dk.resize(lk * dh);
+    auto p = r.params(1, 1, lq, lk, dh, scale, true);
+    reference_forward(p);
+    reference_backward(p);
+    auto cut = [](const std::vector<float>& x, size_t k) { return std::vector<float>(x.begin(), x.begin() + k); };
+    fwd = max_abs_diff(cut(f.out, r.out.size()), r.out);
+    bwd = std::max(max_abs_diff(cut(f.dq, r.dq.size()), r.dq), max_abs_diff(cut(f.dk, r.dk.size()), r.dk));
+  };
+  double pack_fwd_err, pack_bwd_err, unpack_fwd_err, unpack_bwd_err;
+  slice_err(pks[0], l, n, pack_fwd_err, pack_bwd_err);
+  slice_err(ups[0], n, l, unpack_fwd_err, unpack_bwd_err);
+
+  const double unit = double(B) * h * n * l * dh;  // one multiply-add pass over the n x l logits
+  const std::string shape = "[4,4,4096,64]", params = "l=" + std::to_string(l) + " tied";
+  auto add = [&](const char* kernel, const Timing& t, double flops, double bytes, double err) {
+    Record r(kernel, shape, params);
+    r.t = t; r.flops = flops; r.bytes = bytes; r.max_err = err;
+    report.add(r);
+  };
+  // Forward: 2 products (QK^T, AV); backward: 5 (QK^T again, dV, dO V^T, dQ, dK).
+  add("pack_fwd", pack_fwd, 4 * unit, pack_fwd_bytes, pack_fwd_err);
+  add("unpack_fwd", unpack_fwd, 4 * unit, unpack_fwd_bytes, unpack_fwd_err);
+  add("pack_bwd", pack_bwd, 10 * unit, pack_bwd_bytes, pack_bwd_err);
+  add("unpack_bwd", unpack_bwd, 10 * unit, unpack_bwd_bytes, unpack_bwd_err);
+  add("pack_unpack_fwd_bwd", all, 28 * unit, pack_fwd_bytes + unpack_fwd_bytes + pack_bwd_bytes + unpack_bwd_bytes,
+      std::max({pack_fwd_err, pack_bwd_err, unpack_fwd_err, unpack_bwd_err}));
+
+  // The summary bench/run-ops.mjs reads (RESULT_JSON), as before the shared recorder.
+  const double fwd = pack_fwd.median + unpack_fwd.median, bwd = pack_bwd.median + unpack_bwd.median;
+  const double all_gf = 28 * unit / all.median / 1e6;
+  char item[400];
+  std::snprintf(item, sizeof item,
+                "{\"l\":%ld,\"fwd_ms\":%.3f,\"bwd_ms\":%.3f,\"fwdbwd_ms\":%.3f,\"fwd_gflops\":%.2f,"
+                "\"fwdbwd_gflops\":%.2f,\"fraction_of_peak\":%.4f}",
+                long(l), fwd, bwd, all.median, 8 * unit / fwd / 1e6, all_gf, all_gf / report.peaks().gflops);
+  return item;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   const Flags flags = parse_flags(argc, argv);
-  const bool validate_only = flags.validate_only;
-  const int reps = flags.reps;
   if (!validate_all()) return 1;
-  if (validate_only) return 0;
+  if (flags.validate_only) return 0;
 
-  std::string peak_source;
-  const double peak = measure_sgemm_peak(peak_source);
-  std::printf("sgemm peak: %.1f GFLOP/s on %d threads [%s]\n", peak, num_threads(), peak_source.c_str());
-  std::printf("%-5s %10s %10s %12s %12s %12s %9s\n", "l", "fwd ms", "bwd ms", "fwd+bwd ms", "fwd GFLOP/s", "all GFLOP/s", "of peak");
-
-  const int64_t B = 4, n = 4096, h = 4, dh = 64;
-  const double scale = 1.0 / std::sqrt(double(dh));
-  std::mt19937_64 rng(7);
-  std::string json = "{\"peak_gflops\":" + std::to_string(peak) + ",\"peak_source\":\"" + peak_source +
-                     "\",\"isa\":\"" + isa_name(active_isa()) + "\",\"threads\":" + std::to_string(num_threads()) +
-                     ",\"shapes\":[";
-  bool first = true;
-  for (int64_t l : {16, 64, 128, 256}) {
-    // Pack: l queries over n keys (k === v). Unpack: n queries over l keys (k === v).
-    Buffers<float> pk, up;
-    pk.q = randn(B * h * l * dh, rng); pk.k = randn(B * h * n * dh, rng); pk.dout = randn(B * h * l * dh, rng);
-    pk.out.resize(B * h * l * dh); pk.lse.resize(B * h * l); pk.dq.resize(pk.q.size()); pk.dk.resize(pk.k.size());
-    up.q = randn(B * h * n * dh, rng); up.k = randn(B * h * l * dh, rng); up.dout = randn(B * h * n * dh, rng);
-    up.out.resize(B * h * n * dh); up.lse.resize(B * h * n); up.dq.resize(up.q.size()); up.dk.resize(up.k.size());
-    auto pp = pk.params(B, h, l, n, dh, scale, true);
-    auto pu = up.params(B, h, n, l, dh, scale, true);
-    const double fwd = median_ms(reps, [&] { pack_forward(pp); unpack_forward(pu); });
-    const double bwd = median_ms(reps, [&] { pack_backward(pp); unpack_backward(pu); });
-    const double unit = double(B) * h * n * l * dh;  // one multiply-add pass over the n x l logits
-    const double fwd_gf = 8 * unit / fwd / 1e6, all_gf = 28 * unit / (fwd + bwd) / 1e6;
-    std::printf("%-5ld %10.2f %10.2f %12.2f %12.1f %12.1f %8.1f%%\n", long(l), fwd, bwd, fwd + bwd, fwd_gf, all_gf,
-                100 * all_gf / peak);
-    char item[400];
-    std::snprintf(item, sizeof item,
-                  "%s{\"l\":%ld,\"fwd_ms\":%.3f,\"bwd_ms\":%.3f,\"fwdbwd_ms\":%.3f,\"fwd_gflops\":%.2f,"
-                  "\"fwdbwd_gflops\":%.2f,\"fraction_of_peak\":%.4f}",
-                  first ? "" : ",", long(l), fwd, bwd, fwd + bwd, fwd_gf, all_gf, all_gf / peak);
-    json += item;
-    first = false;
-  }
-  json += "]}";
-  std::printf("RESULT_JSON %s\n", json.c_str());
-  return 0;
+  Report report("attention", flags, measure_peaks(flags.reps));
+  report.header("pack / unpack attention, float32, k === v, q/k/v [B=4, h=4, n=4096, dh=64], l packed rows");
+  std::string shapes;
+  for (int64_t l : {16, 64, 128, 256}) shapes += (shapes.empty() ? "" : ",") + time_l(report, flags.reps, l);
+  const Peaks& peaks = report.peaks();
+  std::printf("RESULT_JSON {\"peak_gflops\":%.2f,\"peak_source\":%s,\"peak_gbs\":%.2f,\"isa\":\"%s\",\"threads\":%d,"
+              "\"shapes\":[%s]}\n",
+              peaks.gflops, json_str(peaks.flop_source).c_str(), peaks.gbs, isa_name(active_isa()), num_threads(),
+              shapes.c_str());
+  return report.write() ? 0 : 1;
 }

@@ -5,13 +5,12 @@
 //    scale, see rounding_scale), over every transpose combination, odd sizes, alpha / beta /
 //    bias and batches; outputs start as NaN (beta = 0 must ignore them). Also the column sums
 //    (3x, as a backward) and bitwise equality across thread counts.
-// 2. Measures the machine's sgemm peak in the same run (OpenBLAS through dlopen when present,
-//    else our own GEMM at 2048^3).
+// 2. Measures the machine's peaks in the same run (bench_common.h): sgemm GFLOP/s (OpenBLAS
+//    through dlopen when present, else our own GEMM) and streaming-copy GB/s.
 // 3. Times linear forward + backward (y = x W^T + b; dX = dY W, dW = dY^T X, db = colsum dY)
-//    at x [16384, 256] with W [256, 256] and [1024, 256]; prints GFLOP/s, the fraction of the
-//    sgemm peak, and OpenBLAS running the same three GEMMs (what PyTorch's linear calls here).
-// Flags: --validate-only, --reps N, --threads N. The last line is `RESULT_JSON {...}`.
-
+//    at x [16384, 256] with W [256, 256] and [1024, 256], inputs rotated out of the cache;
+//    prints GFLOP/s, GB/s, both peak fractions, and OpenBLAS running the same three GEMMs.
+// Flags: --validate-only, --reps N, --threads N, --json FILE.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -116,7 +115,7 @@ bool validate_all() {
       cases.push_back({ta, tb, 1, 257, 97, 513, -0.5f, 0.75f, true, false});  // alpha, beta
       cases.push_back({ta, tb, 3, 29, 41, 300, 2.0f, 1.0f, false, false});    // batch
       cases.push_back({ta, tb, 4, 18, 35, 19, 1.0f, 0.0f, true, true});       // batch, shared B
-      cases.push_back({ta, tb, 1, 1000, 64, 5000, 1.0f, 0.0f, false, false}); // long K
+      cases.push_back({ta, tb, 1, 200, 64, 5000, 1.0f, 0.0f, false, false});  // long K: 20 chunks of kGemmKChunk
     }
   int failed = 0;
   for (const Case& c : cases) failed += !validate_case(c, rng);
@@ -167,79 +166,99 @@ bool check_determinism() {
   return true;
 }
 
+// Linear forward and backward at x [M, K], W [N, K]: our GEMM and column sums, then OpenBLAS on
+// the same three products (what PyTorch's linear calls here). Inputs rotate through copies
+// larger than the LLC. max_err is over the first rows (16 of dW, 64 of y and dX): the float64
+// reference is plain loops, and every row is computed alike.
+void time_linear(Report& report, int reps, Sgemm sgemm, int64_t M, int64_t K, int64_t N) {
+  std::mt19937_64 rng(7);
+  // x, dx [M, K]; w, dw [N, K]; bias, db [N]; y, dy [M, N]
+  struct Set { std::vector<float> x, w, bias, dy, y, dx, dw, db; };
+  Set base{randn(M * K, rng), randn(N * K, rng, 0.06f), randn(N, rng), randn(M * N, rng),
+           std::vector<float>(M * N), std::vector<float>(M * K), std::vector<float>(N * K), std::vector<float>(N)};
+  const double F = 4, fwd_bytes = F * (M * K + N * K + N + M * N), dx_bytes = F * (M * N + N * K + M * K),
+               dw_bytes = F * (M * N + M * K + N * K), db_bytes = F * (M * N + N);
+  // Enough sets that even the column sums, which touch the least, find dY out of cache.
+  const int sets = rotation_sets(db_bytes);
+  std::vector<Set> S(size_t(sets), base);
+  auto fwd = [&](Set& s) {
+    GemmParams<float> p;
+    p.trans_b = true; p.M = M; p.N = N; p.K = K; p.a = s.x.data(); p.lda = K; p.b = s.w.data(); p.ldb = K;
+    p.c = s.y.data(); p.ldc = N; p.bias = s.bias.data();
+    gemm(p);
+  };
+  auto bwd_dx = [&](Set& s) { gemm<float>(false, false, M, K, N, 1.0f, s.dy.data(), N, s.w.data(), K, 0.0f, s.dx.data(), K); };
+  auto bwd_dw = [&](Set& s) { gemm<float>(true, false, N, K, M, 1.0f, s.dy.data(), N, s.x.data(), K, 0.0f, s.dw.data(), K); };
+  auto bwd_db = [&](Set& s) { column_sum<float>(M, N, s.dy.data(), N, s.db.data(), false); };
+  const Timing t_fwd = time_rotated(reps, sets, [&](int i) { fwd(S[i]); });
+  const Timing t_dx = time_rotated(reps, sets, [&](int i) { bwd_dx(S[i]); });
+  const Timing t_dw = time_rotated(reps, sets, [&](int i) { bwd_dw(S[i]); });
+  const Timing t_db = time_rotated(reps, sets, [&](int i) { bwd_db(S[i]); });
+  const Timing total = time_rotated(reps, sets, [&](int i) { fwd(S[i]); bwd_dx(S[i]); bwd_dw(S[i]); bwd_db(S[i]); });
+  Timing t_blas;
+  if (sgemm) {
+    t_blas = time_rotated(reps, sets, [&](int i) {
+      Set& s = S[i];
+      sgemm(kRowMajor, kNoTrans, kTrans, M, N, K, 1.0f, s.x.data(), K, s.w.data(), K, 0.0f, s.y.data(), N);
+      sgemm(kRowMajor, kNoTrans, kNoTrans, M, K, N, 1.0f, s.dy.data(), N, s.w.data(), K, 0.0f, s.dx.data(), K);
+      sgemm(kRowMajor, kTrans, kNoTrans, N, K, M, 1.0f, s.dy.data(), N, s.x.data(), K, 0.0f, s.dw.data(), K);
+    });
+  }
+  // Our results are in S[0] again: re-run it once, OpenBLAS having written over y, dx and dw.
+  fwd(S[0]); bwd_dx(S[0]); bwd_dw(S[0]); bwd_db(S[0]);
+  const Set& s = S[0];
+  auto wide = [](const float* x, int64_t n) { return std::vector<double>(x, x + n); };
+  auto head = [](const std::vector<float>& x, int64_t n) { return std::vector<float>(x.begin(), x.begin() + n); };
+  const int64_t rows = 64, wrows = 16;
+  const auto x64 = wide(s.x.data(), M * K), w64 = wide(s.w.data(), N * K), b64 = wide(s.bias.data(), N),
+             dy64 = wide(s.dy.data(), M * N);
+  std::vector<double> y64(rows * N), dx64(rows * K), dw64(wrows * K), db64(N);
+  auto reference = [](bool ta, bool tb, int64_t m, int64_t n, int64_t k, const double* a, int64_t lda, const double* b,
+                      int64_t ldb, double* c, int64_t ldc, const double* bias) {
+    GemmParams<double> p;
+    p.trans_a = ta; p.trans_b = tb; p.M = m; p.N = n; p.K = k; p.a = a; p.lda = lda; p.b = b; p.ldb = ldb;
+    p.c = c; p.ldc = ldc; p.bias = bias;
+    gemm_reference(p);
+  };
+  reference(false, true, rows, N, K, x64.data(), K, w64.data(), K, y64.data(), N, b64.data());
+  reference(false, false, rows, K, N, dy64.data(), N, w64.data(), K, dx64.data(), K, nullptr);
+  reference(true, false, wrows, K, M, dy64.data(), N, x64.data(), K, dw64.data(), K, nullptr);
+  column_sum_reference<double>(M, N, dy64.data(), N, db64.data());
+  const double e_fwd = max_abs_diff(head(s.y, rows * N), y64), e_dx = max_abs_diff(head(s.dx, rows * K), dx64),
+               e_dw = max_abs_diff(head(s.dw, wrows * K), dw64), e_db = max_abs_diff(s.db, db64);
+
+  const std::string shape = "[" + std::to_string(M) + "," + std::to_string(K) + "]x[" + std::to_string(N) + "," +
+                            std::to_string(K) + "]";
+  auto add = [&](const char* kernel, const Timing& t, double flops, double bytes, double err,
+                 const std::string& at = "") {
+    Record r(kernel, at.empty() ? shape : at);
+    r.t = t; r.flops = flops; r.bytes = bytes; r.max_err = err;
+    if (!std::strcmp(kernel, "linear_fwd_bwd") && sgemm) r.extra = {{"openblas_ms", t_blas.median}, {"vs_openblas", t_blas.median / t.median}};
+    report.add(r);
+  };
+  const double mnk2 = 2.0 * M * N * K;
+  add("linear_fwd", t_fwd, mnk2, fwd_bytes, e_fwd);        // y = x W^T + b
+  add("linear_dx", t_dx, mnk2, dx_bytes, e_dx);            // dX = dY W
+  add("linear_dw", t_dw, mnk2, dw_bytes, e_dw);            // dW = dY^T X
+  add("bias_grad", t_db, double(M) * N, db_bytes, e_db,    // db = column sums of dY [M, N]
+      "[" + std::to_string(M) + "," + std::to_string(N) + "]");
+  // The three products only (3 x 2MNK), as torch_bench.py and earlier runs count it.
+  add("linear_fwd_bwd", total, 3 * mnk2, fwd_bytes + dx_bytes + dw_bytes + db_bytes, std::max({e_fwd, e_dx, e_dw, e_db}));
+  if (sgemm) add("openblas_3_gemms", t_blas, 3 * mnk2, fwd_bytes + dx_bytes + dw_bytes, NAN);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const Flags flags = parse_flags(argc, argv);
-  const bool validate_only = flags.validate_only;
-  const int reps = flags.reps;
   if (!validate_all() || !validate_column_sum() || !check_determinism()) return 1;
-  if (validate_only) return 0;
+  if (flags.validate_only) return 0;
 
+  Report report("ops", flags, measure_peaks(flags.reps));
   std::string blas_name;
   Sgemm sgemm = load_openblas(blas_name);
-  std::mt19937_64 rng(7);
-  double peak;
-  std::string peak_source;
-  if (sgemm) {
-    peak_source = "OpenBLAS cblas_sgemm 2048^3 (" + blas_name + ")";
-    peak = openblas_peak(sgemm, reps);
-  } else {
-    const int n = 2048;
-    std::vector<float> a = randn(size_t(n) * n, rng), b = randn(size_t(n) * n, rng), c(size_t(n) * n);
-    const double ms = median_ms(reps, [&] { gemm<float>(false, false, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n); });
-    peak_source = "own GEMM 2048^3 (OpenBLAS not found)";
-    peak = 2.0 * n * n * double(n) / ms / 1e6;
-  }
-  std::printf("sgemm peak: %.1f GFLOP/s on %d threads [%s]\n", peak, num_threads(), peak_source.c_str());
-  std::printf("%-22s %8s %8s %8s %8s %10s %11s %8s %10s %9s\n", "linear x[M,K] W[N,K]", "fwd ms", "dX ms", "dW ms",
-              "db ms", "total ms", "GFLOP/s", "of peak", "BLAS ms", "vs BLAS");
-
-  std::string json = "{\"peak_gflops\":" + std::to_string(peak) + ",\"peak_source\":\"" + peak_source +
-                     "\",\"isa\":\"" + isa_name(active_isa()) + "\",\"threads\":" + std::to_string(num_threads()) +
-                     ",\"shapes\":[";
-  bool first = true;
-  const int64_t M = 16384, K = 256;
-  for (int64_t N : {256, 1024}) {
-    std::vector<float> x = randn(M * K, rng), w = randn(N * K, rng, 0.06f), bias = randn(N, rng);
-    std::vector<float> dy = randn(M * N, rng), y(M * N), dx(M * K), dw(N * K), db(N);
-    auto fwd = [&] {
-      GemmParams<float> p;
-      p.trans_b = true; p.M = M; p.N = N; p.K = K; p.a = x.data(); p.lda = K; p.b = w.data(); p.ldb = K;
-      p.c = y.data(); p.ldc = N; p.bias = bias.data();
-      gemm(p);
-    };
-    auto bwd_dx = [&] { gemm<float>(false, false, M, K, N, 1.0f, dy.data(), N, w.data(), K, 0.0f, dx.data(), K); };
-    auto bwd_dw = [&] { gemm<float>(true, false, N, K, M, 1.0f, dy.data(), N, x.data(), K, 0.0f, dw.data(), K); };
-    auto bwd_db = [&] { column_sum<float>(M, N, dy.data(), N, db.data(), false); };
-    const double t_fwd = median_ms(reps, fwd), t_dx = median_ms(reps, bwd_dx), t_dw = median_ms(reps, bwd_dw),
-                 t_db = median_ms(reps, bwd_db);
-    const double total = median_ms(reps, [&] { fwd(); bwd_dx(); bwd_dw(); bwd_db(); });
-    const double flops = 3 * 2.0 * M * K * N;
-    const double gf = flops / total / 1e6;
-    double t_blas = 0;
-    if (sgemm) {
-      t_blas = median_ms(reps, [&] {
-        sgemm(kRowMajor, kNoTrans, kTrans, M, N, K, 1.0f, x.data(), K, w.data(), K, 0.0f, y.data(), N);
-        sgemm(kRowMajor, kNoTrans, kNoTrans, M, K, N, 1.0f, dy.data(), N, w.data(), K, 0.0f, dx.data(), K);
-        sgemm(kRowMajor, kTrans, kNoTrans, N, K, M, 1.0f, dy.data(), N, x.data(), K, 0.0f, dw.data(), K);
-      });
-    }
-    char label[64];
-    std::snprintf(label, sizeof label, "[%ld,%ld] [%ld,%ld]", long(M), long(K), long(N), long(K));
-    std::printf("%-22s %8.2f %8.2f %8.2f %8.2f %10.2f %11.1f %7.1f%% %10.2f %8.1f%%\n", label, t_fwd, t_dx, t_dw, t_db,
-                total, gf, 100 * gf / peak, t_blas, t_blas > 0 ? 100 * t_blas / total : 0.0);
-    char item[512];
-    std::snprintf(item, sizeof item,
-                  "%s{\"M\":%ld,\"K\":%ld,\"N\":%ld,\"fwd_ms\":%.3f,\"dx_ms\":%.3f,\"dw_ms\":%.3f,\"db_ms\":%.3f,"
-                  "\"fwdbwd_ms\":%.3f,\"fwdbwd_gflops\":%.2f,\"fraction_of_peak\":%.4f,\"openblas_3gemm_ms\":%.3f,"
-                  "\"fraction_of_openblas\":%.4f}",
-                  first ? "" : ",", long(M), long(K), long(N), t_fwd, t_dx, t_dw, t_db, total, gf, gf / peak, t_blas,
-                  t_blas > 0 ? t_blas / total : 0.0);
-    json += item;
-    first = false;
-  }
-  json += "]}";
-  std::printf("RESULT_JSON %s\n", json.c_str());
-  return 0;
+  report.header("linear y = x W^T + b and its backward, float32 (openblas_3_gemms: the same products by " +
+                (sgemm ? blas_name : std::string("nobody: OpenBLAS not found")) + ")");
+  for (int64_t N : {256, 1024}) time_linear(report, flags.reps, sgemm, 16384, 256, N);
+  return report.write() ? 0 : 1;
 }
