@@ -265,11 +265,147 @@ export interface NnNative {
 }
 
 // ---- causal Luna attention (issue 5) ----
+/**
+ * Arguments shared by the causal Luna kernels (native/INTERFACE-causal.md). All float arrays
+ * are Float32Array or all Float64Array; every size is a positive integer below 2^31.
+ */
+export interface CausalCommonArgs {
+  /** [B,h,n,dh] unpack queries (unscaled) */
+  q: Float32Array | Float64Array;
+  /** [B,h,n,dh] keys */
+  k: Float32Array | Float64Array;
+  /** [B,h,n,dh] values; the same array as `k` for tied key/value */
+  v: Float32Array | Float64Array;
+  /** [B,h,n,dh] pack keys */
+  kc: Float32Array | Float64Array;
+  /** [B,h,l,dh] pack queries: unscaled (forward, backward), already scaled (causalStep) */
+  pq: Float32Array | Float64Array;
+  /** [B,l] P-slot padding mask, 1 = masked; null/undefined for none */
+  mask?: Uint8Array | null;
+  B: number;
+  h: number;
+  n: number;
+  l: number;
+  dh: number;
+  /** multiplies the unpack logits, and (forward, backward) the pack logits too */
+  scale: number;
+  /** φ: 'softplus' (β = ln 2, default) or 'elu' (elu + 1) */
+  activation?: 'softplus' | 'elu';
+  /** rows per chunk (positive); default: the kernel's measured choice */
+  chunk?: number;
+}
+
+/** Arguments of `causalForward` / `causalReferenceForward`. */
+export interface CausalForwardArgs extends CausalCommonArgs {
+  /** [B,h,n,dh], overwritten */
+  out: Float32Array | Float64Array;
+  /** [B,h,n], overwritten with the log-sum-exp of the unpack logits (-Infinity: every slot masked); optional */
+  lse?: Float32Array | Float64Array | null;
+  /** dropout probability on Φ and on Bm, [0, 1); omitted = none */
+  dropout?: number;
+  /** seed of both dropout masks (non-negative safe integer); required with dropout */
+  seed?: number;
+}
+
+/** Arguments of `causalBackward` / `causalReferenceBackward`: the forward's inputs plus dout. */
+export interface CausalBackwardArgs extends CausalCommonArgs {
+  dropout?: number;
+  seed?: number;
+  /** [B,h,n,dh] */
+  dout: Float32Array | Float64Array;
+  /** [B,h,n,dh], overwritten */
+  dq: Float32Array | Float64Array;
+  /** [B,h,n,dh], overwritten; for tied k/v the same array as `dv`, receiving dk + dv */
+  dk: Float32Array | Float64Array;
+  /** [B,h,n,dh], overwritten */
+  dv: Float32Array | Float64Array;
+  /** [B,h,n,dh], overwritten */
+  dkc: Float32Array | Float64Array;
+  /** [B,h,l,dh], overwritten */
+  dpq: Float32Array | Float64Array;
+}
+
+/** Arguments of `causalStep`: n new positions after `steps` earlier ones. */
+export interface CausalStepArgs extends CausalCommonArgs {
+  /** [B,h,n,dh], overwritten */
+  out: Float32Array | Float64Array;
+  /** [B,h,n], optional */
+  lse?: Float32Array | Float64Array | null;
+  /** [B,h,dh,l] S^K, read and updated in place */
+  stateK: Float32Array | Float64Array;
+  /** [B,h,l,dh] S^V, read and updated in place */
+  stateV: Float32Array | Float64Array;
+  /** positions already folded into the states (t of the first new row is steps + 1) */
+  steps: number;
+}
+
 /** The causal Luna kernels (native/bindings/causal_binding.cc). */
-// eslint-disable-next-line @typescript-eslint/no-empty-interface
-export interface CausalNative {}
+export interface CausalNative {
+  /** The fused chunked forward. */
+  causalForward(args: CausalForwardArgs): void;
+  /** The fused chunked backward (recomputes states and probabilities; needs no out/lse). */
+  causalBackward(args: CausalBackwardArgs): void;
+  /** Plain-loop prefix form: float64 the truth, float32 the plain baseline for tolerances. */
+  causalReferenceForward(args: CausalForwardArgs): void;
+  causalReferenceBackward(args: CausalBackwardArgs): void;
+  /** Incremental decoding / chunked prefill from and into the given states. */
+  causalStep(args: CausalStepArgs): void;
+}
 
 // ---- softmax attention (issue 7) ----
+/**
+ * Arguments of `softmaxForward` / `softmaxReferenceForward` (native/INTERFACE-softmax.md).
+ * Float arrays are all Float32Array or all Float64Array; every size is a positive integer.
+ */
+export interface SoftmaxForwardArgs {
+  /** [B,h,lq,dh] queries */
+  q: Float32Array | Float64Array;
+  /** [B,h,lk,dh] keys */
+  k: Float32Array | Float64Array;
+  /** [B,h,lk,dh] values; the same array as `k` for tied key/value */
+  v: Float32Array | Float64Array;
+  /** [B,lk], 1 = padding, or null for no mask */
+  mask: Uint8Array | null;
+  /** [B,h,lq,dh], overwritten */
+  out: Float32Array | Float64Array;
+  /** [B,h,lq], overwritten; -Infinity for a row that sees no key */
+  lse: Float32Array | Float64Array;
+  B: number;
+  h: number;
+  /** n, the number of queries */
+  lq: number;
+  /** m, the number of keys */
+  lk: number;
+  dh: number;
+  /** multiplies the logits; finite */
+  scale: number;
+  /** query i sees keys j <= i + (lk - lq) (aligned at the end); default false */
+  causal?: boolean;
+  /** dropout probability on the attention probabilities, [0, 1); omitted = none */
+  dropout?: number;
+  /** seed of the dropout mask (non-negative safe integer); required with dropout */
+  seed?: number;
+}
+
+/** Arguments of `softmaxBackward` / `softmaxReferenceBackward`: the forward's plus the gradients. */
+export interface SoftmaxBackwardArgs extends SoftmaxForwardArgs {
+  /** [B,h,lq,dh] gradient of the output */
+  dout: Float32Array | Float64Array;
+  /** [B,h,lq,dh], overwritten */
+  dq: Float32Array | Float64Array;
+  /** [B,h,lk,dh], overwritten; for tied k/v the same array as `dv`, receiving dk + dv */
+  dk: Float32Array | Float64Array;
+  /** [B,h,lk,dh], overwritten */
+  dv: Float32Array | Float64Array;
+}
+
 /** The flash-style softmax-attention kernels (native/bindings/softmax_binding.cc). */
-// eslint-disable-next-line @typescript-eslint/no-empty-interface
-export interface SoftmaxNative {}
+export interface SoftmaxNative {
+  /** Fused forward: writes out and lse (never the lq x lk matrix). */
+  softmaxForward(args: SoftmaxForwardArgs): void;
+  /** Fused backward from the forward's out and lse; bitwise the same for any thread count. */
+  softmaxBackward(args: SoftmaxBackwardArgs): void;
+  /** Plain-loop reference (float64: the truth; float32: the plain float32 baseline). */
+  softmaxReferenceForward(args: SoftmaxForwardArgs): void;
+  softmaxReferenceBackward(args: SoftmaxBackwardArgs): void;
+}

@@ -119,7 +119,12 @@ const REQUIRED_FUNCTIONS: readonly (keyof NativeAddon)[] = [
   'crossEntropyForward',
   'crossEntropyBackward',
   // ---- causal (issue 5): causal helper's lines ----
+  'causalForward',
+  'causalBackward',
+  'causalStep',
   // ---- softmax attention (issue 7): softmax helper's lines ----
+  'softmaxForward',
+  'softmaxBackward',
 ];
 
 /**

@@ -1,4 +1,5 @@
-// Parity of nn.LunaAttention and nn.LunaEncoderLayer with the PyTorch reference
+// Parity of nn.LunaAttention, nn.LunaEncoderLayer, nn.LunaCausalAttention and nn.LunaDecoderLayer
+// with the PyTorch reference
 // (../shared/anchors/luna_ref.py), through state dicts: each fixture in test/fixtures holds the
 // reference's parameters (fairseq names), inputs, outputs, a cotangent per output and the
 // gradients of sum(output * cotangent) for every parameter and input, all float64. We load the
@@ -28,7 +29,7 @@ function close(what: string, got: Tensor, want: Tensor, ctx: string): void {
 
 describe('parity with the PyTorch reference (float64 fixtures)', () => {
   it('has fixtures', () => {
-    expect(files.length).toBeGreaterThanOrEqual(11);
+    expect(files.length).toBeGreaterThanOrEqual(17);
   });
 
   for (const file of files) {
@@ -63,6 +64,22 @@ describe('parity with the PyTorch reference (float64 fixtures)', () => {
         const { output, packed } = attn.forward(x, p, { context, contextPaddingMask: ctxMask, packPaddingMask: packMask });
         outputs = [['yx', output], ['yp', packed]];
         module = attn;
+      } else if (config.module === 'LunaCausalAttention') {
+        const attn = new nn.LunaCausalAttention({ embedDim: common.embedDim, numHeads: common.numHeads, tieKV: common.tieKV, dtype: 'float64', seed: 0 });
+        attn.loadStateDict(params);
+        outputs = [['y', attn.forward(x, p, { packPaddingMask: packMask })]];
+        module = attn;
+      } else if (config.module === 'LunaDecoderLayer') {
+        const layer = new nn.LunaDecoderLayer({
+          ...common,
+          ffnDim: config.ffn as number,
+          normalizeBefore: config.normalize_before as boolean,
+          activation: config.activation as 'gelu' | 'relu',
+        });
+        layer.loadStateDict(params);
+        const out = layer.forward(x, p, { encoderOut: context as Tensor, encoderPaddingMask: ctxMask, packPaddingMask: packMask });
+        outputs = [['x', out.x], ['p', out.p]];
+        module = layer;
       } else {
         const layer = new nn.LunaEncoderLayer({
           ...common,
@@ -80,7 +97,7 @@ describe('parity with the PyTorch reference (float64 fixtures)', () => {
 
       // loss = sum over outputs of sum(output * cotangent)
       const terms = outputs.map(([name, got]) => ops.sum(ops.mul(got, t[`cotangent.${name}`])));
-      ops.add(terms[0], terms[1]).backward();
+      terms.reduce((a, b) => ops.add(a, b)).backward();
       close('grad.input.x', x.grad as Tensor, t['grad.input.x'], ctx);
       close('grad.input.p', p.grad as Tensor, t['grad.input.p'], ctx);
       if (context) close('grad.input.context', context.grad as Tensor, t['grad.input.context'], ctx);

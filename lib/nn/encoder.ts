@@ -5,7 +5,7 @@
  *
  * @packageDocumentation
  */
-import { checkBoolean, checkNonNegativeInt, checkPositiveInt, describe, mismatch } from '../errors';
+import { checkBoolean, checkFinite, checkNonNegativeInt, checkOptions, checkPositiveInt, describe, mismatch } from '../errors';
 import { Tensor, checkTensor, makeTensor, tensorData } from '../tensor';
 import { allocate } from '../dtype';
 import { ops } from '../ops';
@@ -42,12 +42,14 @@ export interface LunaEncoderOptions extends ModuleOptions {
    * to sqrt(d)-scaled P rows at slots 0..l_eff-1; no `embed_positions` parameter).
    */
   positions?: 'learned' | 'sinusoidal';
+  /** Multiplies token embeddings (and P rows): default sqrt(d) with sinusoidal positions, 1 with learned ones. */
+  embedScale?: number;
 }
 
 const ENCODER_KEYS = [
   'vocabSize', 'maxPositions', 'embedDim', 'numLayers', 'numHeads', 'ffnDim', 'projectionLength',
   'numPackHeads', 'tieKV', 'normalizeBefore', 'activation', 'dropout', 'attentionDropout',
-  'activationDropout', 'paddingIdx', 'dynamicProjection', 'positions',
+  'activationDropout', 'paddingIdx', 'dynamicProjection', 'positions', 'embedScale',
 ] as const;
 
 /** What the encoder returns. */
@@ -62,6 +64,12 @@ export interface LunaEncoderOutput {
   packPaddingMask: Tensor | null;
   /** Unpadded length of each example. */
   lengths: number[];
+}
+
+/** Per-call inputs of {@link LunaEncoder.forward}. */
+export interface LunaEncoderInputs {
+  /** Position of the first token (default 0). */
+  positionOffset?: number;
 }
 
 /** Builds a float tensor [B, len, 1] holding 1 for kept positions and 0 for masked ones. */
@@ -121,7 +129,8 @@ export class LunaEncoder extends Module {
       throw mismatch('ERR_ARGUMENT', where, 'options.positions', "'learned' or 'sinusoidal'", describe(opts.positions));
     }
     this.positions = (opts.positions as 'learned' | 'sinusoidal' | undefined) ?? 'learned';
-    this.embedScale = this.positions === 'sinusoidal' ? Math.sqrt(d) : 1;
+    this.embedScale =
+      opts.embedScale === undefined ? (this.positions === 'sinusoidal' ? Math.sqrt(d) : 1) : checkFinite(where, 'options.embedScale', opts.embedScale);
     // Drawn even when unused, so the other parameters' initial values do not depend on the choice.
     const positionSeed = rng.nextUint32();
     this.embed_positions =
@@ -162,19 +171,27 @@ export class LunaEncoder extends Module {
     this.dropoutModule = this.registerModule('dropout_module', new Dropout({ p: dropout, ...common }));
   }
 
-  /** tokens int32 [B,n] -> the final X and P, and the masks the layers used. */
-  forward(tokens: Tensor): LunaEncoderOutput {
-    return this.callForward([tokens], (t: Tensor) => this.compute(t));
+  /**
+   * tokens int32 [B,n] -> the final X and P, and the masks the layers used. `positionOffset`
+   * (default 0) is the position of the first token: a right-aligned source of length n in a
+   * window of N positions can be encoded with offset N - n instead of n - N left pads, for the
+   * same result at less cost (padded tokens are masked anyway).
+   */
+  forward(tokens: Tensor, inputs: LunaEncoderInputs = {}): LunaEncoderOutput {
+    return this.callForward([tokens, inputs], (t: Tensor, opts: LunaEncoderInputs) => this.compute(t, opts));
   }
 
-  private compute(tokensIn: Tensor): LunaEncoderOutput {
+  private compute(tokensIn: Tensor, inputs: LunaEncoderInputs): LunaEncoderOutput {
     const where = 'LunaEncoder.forward';
     const tokens = checkTensor(where, 'tokens', tokensIn);
+    const offset = checkOptions(where, inputs, ['positionOffset']).positionOffset === undefined
+      ? 0
+      : checkNonNegativeInt(where, 'inputs.positionOffset', inputs.positionOffset);
     if (tokens.dtype !== 'int32') throw mismatch('ERR_DTYPE', where, 'tokens.dtype', 'int32', tokens.dtype);
     if (tokens.rank !== 2) throw mismatch('ERR_SHAPE', where, 'tokens.shape', '[B,n]', `[${tokens.shape.join(',')}]`);
     const [B, n] = tokens.shape;
-    if (n > this.maxPositions) {
-      throw mismatch('ERR_SHAPE', where, 'tokens.shape[1]', `at most maxPositions (${this.maxPositions})`, String(n));
+    if (offset + n > this.maxPositions) {
+      throw mismatch('ERR_SHAPE', where, 'positionOffset + tokens.shape[1]', `at most maxPositions (${this.maxPositions})`, String(offset + n));
     }
     if (B === 0 || n === 0) throw mismatch('ERR_SHAPE', where, 'tokens.shape', 'a non-empty batch', `[${B},${n}]`);
     const ids = tensorData(tokens, where, 'tokens') as Int32Array;
@@ -213,12 +230,12 @@ export class LunaEncoder extends Module {
     let pos: Tensor;
     if (this.embed_positions !== null) {
       const positions = new Int32Array(B * n);
-      for (let b = 0; b < B; b++) for (let i = 0; i < n; i++) positions[b * n + i] = i;
+      for (let b = 0; b < B; b++) for (let i = 0; i < n; i++) positions[b * n + i] = offset + i;
       const posIds = makeTensor(positions, [B, n], 'int32', this.device);
       pos = this.embed_positions.forward(posIds);
       posIds.dispose();
     } else {
-      pos = sinusoidalPositions(0, n, this.embedDim, this.dtype, this.device);
+      pos = sinusoidalPositions(offset, n, this.embedDim, this.dtype, this.device);
     }
     let x = consume(consume(ops.add(tok, pos), (t) => this.emb_layer_norm.forward(t)), (t) => this.dropoutModule.forward(t));
     tok.dispose();

@@ -12,6 +12,7 @@ import { causalOps } from './causal';
 import { softmaxOps } from './softmax-attention';
 
 export type { AttentionOptions } from './attention';
+export type { SoftmaxAttentionOptions } from './softmax-attention';
 
 /**
  * The differentiable ops. Each validates its arguments, runs the addon's kernel for the
