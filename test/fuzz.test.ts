@@ -331,6 +331,34 @@ function valid(name, T) {
     return { logits: arr(N * C), targets: new Int32Array(N).map(() => int(0, C - 1)), loss: arr(N), lse: arr(N), dloss: arr(N),
       dlogits: arr(N * C), N, C, labelSmoothing: 0.1, ignoreIndex: -100 };
   }
+  if (/^softmax(Reference)?(Forward|Backward)$/.test(name)) {
+    const B = d(), h = d(), lq = d(), lk = d(), dh = d();
+    const k = arr(B * h * lk * dh), tied = chance(0.5);
+    const o = { q: arr(B * h * lq * dh), k, v: tied ? k : arr(k.length), mask: chance(0.5) ? null : new Uint8Array(B * lk),
+      out: arr(B * h * lq * dh), lse: arr(B * h * lq), B, h, lq, lk, dh, scale: 0.5, causal: chance(0.5) };
+    if (chance(0.3)) Object.assign(o, { dropout: 0.2, seed: 7 });
+    if (name.endsWith('Backward')) {
+      const dk = arr(k.length);
+      Object.assign(o, { dout: arr(o.q.length), dq: arr(o.q.length), dk, dv: tied ? dk : arr(k.length) });
+    }
+    return o;
+  }
+  if (/^causal(Reference)?(Forward|Backward)$/.test(name) || name === 'causalStep') {
+    const B = d(), h = d(), n = d(), l = d(), dh = d();
+    const k = arr(B * h * n * dh), tied = chance(0.5);
+    const o = { q: arr(k.length), k, v: tied ? k : arr(k.length), kc: arr(k.length), pq: arr(B * h * l * dh),
+      mask: chance(0.5) ? null : new Uint8Array(B * l), B, h, n, l, dh, scale: 0.5,
+      activation: pick(['softplus', 'elu']), chunk: int(1, 3) };
+    if (name === 'causalStep') {
+      Object.assign(o, { out: arr(k.length), lse: arr(B * h * n), stateK: arr(B * h * dh * l), stateV: arr(B * h * l * dh), steps: int(0, 3) });
+      return o;
+    }
+    if (chance(0.3)) Object.assign(o, { dropout: 0.2, seed: 7 });
+    if (name.endsWith('Forward')) return Object.assign(o, { out: arr(k.length), lse: arr(B * h * n) });
+    const dk = arr(k.length);
+    return Object.assign(o, { dout: arr(k.length), dq: arr(k.length), dk, dv: tied ? dk : arr(k.length), dkc: arr(k.length),
+      dpq: arr(o.pq.length) });
+  }
   if (name === 'setNumThreads') return int(1, 4);
   return undefined;
 }

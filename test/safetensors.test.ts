@@ -302,6 +302,9 @@ describe('PyTorch parity fixtures (scripts/make-fixtures.py)', () => {
         ...['postnorm', 'prenorm'].flatMap((n) =>
           ['tied', 'untied'].flatMap((t) => ['gelu', 'relu'].map((a) => `encoder_${n}_${t}_${a}`)),
         ),
+        'causal_tied',
+        'causal_untied',
+        ...['postnorm', 'prenorm'].flatMap((n) => ['tied', 'untied'].map((t) => `decoder_${n}_${t}`)),
       ]
         .map((f) => `${f}.safetensors`)
         .sort(),
@@ -324,10 +327,11 @@ describe('PyTorch parity fixtures (scripts/make-fixtures.py)', () => {
       expect(sd['input.p'].shape).toEqual([B, l, d]);
       expect(sd['input.pack_padding_mask'].dtype).toBe('bool');
       expect(sd['input.pack_padding_mask'].shape).toEqual([B, l]);
-      expect(sd['input.context_padding_mask'].shape).toEqual([B, cfg.m ?? n]);
-      const outs = cfg.module === 'LunaAttention' ? ['yx', 'yp'] : ['x', 'p'];
+      const causal = cfg.module === 'LunaCausalAttention';
+      if (!causal) expect(sd['input.context_padding_mask'].shape).toEqual([B, cfg.m ?? n]);
+      const outs = cfg.module === 'LunaAttention' ? ['yx', 'yp'] : causal ? ['y'] : ['x', 'p'];
       expect(sd[`output.${outs[0]}`].shape).toEqual([B, n, d]);
-      expect(sd[`output.${outs[1]}`].shape).toEqual([B, l, d]);
+      if (!causal) expect(sd[`output.${outs[1]}`].shape).toEqual([B, l, d]);
       for (const o of outs) expect(sd[`cotangent.${o}`].shape).toEqual(sd[`output.${o}`].shape);
       // Every parameter has its gradient, and each input its own.
       const params = Object.keys(sd).filter((k) => k.startsWith('param.'));
@@ -335,17 +339,31 @@ describe('PyTorch parity fixtures (scripts/make-fixtures.py)', () => {
       for (const k of Object.keys(sd).filter((k) => k.startsWith('input.') && !k.endsWith('mask'))) {
         expect(sd[`grad.${k}`].shape, k).toEqual(sd[k].shape);
       }
-      const attn = cfg.module === 'LunaAttention' ? '' : 'self_attn.';
-      const kv = cfg.tie_kv ? ['pc_proj', 'c_proj'] : ['pk_proj', 'pv_proj', 'k_proj', 'v_proj'];
-      for (const proj of ['pq_proj', 'q_proj', 'out_proj', ...kv]) {
-        expect(sd[`param.${attn}${proj}.weight`].shape).toEqual([d, d]);
-        expect(sd[`param.${attn}${proj}.bias`].shape).toEqual([d]);
+      // Projections per attention module, by the reference's names.
+      const lunaKV = cfg.tie_kv ? ['pc_proj', 'c_proj'] : ['pk_proj', 'pv_proj', 'k_proj', 'v_proj'];
+      const causalKV = cfg.tie_kv ? ['pc_proj', 'c_proj'] : ['pc_proj', 'k_proj', 'v_proj'];
+      const modules: [string, string[]][] = {
+        LunaAttention: [['', lunaKV]],
+        LunaEncoderLayer: [['self_attn.', lunaKV]],
+        LunaCausalAttention: [['', causalKV]],
+        LunaDecoderLayer: [['self_attn.', causalKV], ['encoder_attn.', lunaKV]],
+      }[cfg.module] as [string, string[]][];
+      expect(modules, cfg.module).toBeDefined();
+      let projections = 0;
+      for (const [attn, kv] of modules) {
+        for (const proj of ['pq_proj', 'q_proj', 'out_proj', ...kv]) {
+          expect(sd[`param.${attn}${proj}.weight`].shape).toEqual([d, d]);
+          expect(sd[`param.${attn}${proj}.bias`].shape).toEqual([d]);
+          projections++;
+        }
       }
-      const expectedParams = (3 + kv.length) * 2 + (cfg.module === 'LunaAttention' ? 0 : 10);
-      expect(params.length).toBe(expectedParams);
-      if (cfg.module === 'LunaEncoderLayer') {
+      // Besides the projections: fc1, fc2 and 3 LayerNorms (encoder) or 4 (decoder), weight and bias each.
+      const extra = { LunaAttention: 0, LunaCausalAttention: 0, LunaEncoderLayer: 10, LunaDecoderLayer: 12 }[cfg.module] as number;
+      expect(params.length).toBe(projections * 2 + extra);
+      if (cfg.module === 'LunaEncoderLayer' || cfg.module === 'LunaDecoderLayer') {
         expect(sd['param.fc1.weight'].shape).toEqual([cfg.ffn, d]);
-        expect(sd['param.self_atten_proj_layer_norm.weight'].shape).toEqual([d]);
+        const pNorm = cfg.module === 'LunaEncoderLayer' ? 'self_atten_proj_layer_norm' : 'encoder_atten_proj_layer_norm';
+        expect(sd[`param.${pNorm}.weight`].shape).toEqual([d]);
         // The LayerNorms were moved away from 1/0 so that they matter.
         expect(Array.from(sd['param.final_layer_norm.weight'].dataSync()).some((x) => Math.abs(x - 1) > 0.01)).toBe(true);
       }
