@@ -8,7 +8,7 @@
 //
 // Usage: npm run bench:scaling -- [--max-n N] [--reps N] [--budget-s S] [--threads N] [--quick]
 //   --budget-s: a softmax point whose predicted time (4x the previous one) exceeds this many
-//   seconds per step is skipped and marked as such (default 30).
+//   seconds per step is skipped and marked as such (default 60).
 import { writeFileSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -29,7 +29,7 @@ const value = (name, fallback) => {
 const quick = flag('--quick');
 const maxN = value('--max-n', quick ? 4096 : 32768);
 const repsArg = value('--reps', quick ? 1 : 3);
-const budgetMs = value('--budget-s', 30) * 1000;
+const budgetMs = value('--budget-s', 60) * 1000;
 setNumThreads(value('--threads', getNumThreads()));
 
 // The layer: d = 256, 4 heads, FFN 1024, post-norm, gelu, tied key/value, dropout 0, batch 1.
