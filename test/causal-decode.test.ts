@@ -1,12 +1,14 @@
 // Incremental decoding of causal Luna attention (CausalLunaState, native causalStep): the outputs
 // of the steps equal the parallel pass (causalLunaAttention) over the whole sequence at every t,
 // for one-token steps and mixed prefill sizes that cross chunk boundaries; reorder (beam search),
-// clone, dispose; validation. Float64 must agree to rounding (1e-12); float32 is held to the
-// forward policy of design.md against the float64 reference.
+// clone, dispose. Float64 must agree to rounding (1e-12); float32 is held to the forward policy of
+// design.md against the float64 reference. Then the validation of the state, of the op and of the
+// raw addon (kernels and gradients are in causal-attention.test.ts).
 import { afterEach, describe, expect, it } from 'vitest';
 import { ops, tensor, type Tensor } from '../lib/index';
 import { CausalLunaState, setCausalChunkForTesting, type CausalActivation } from '../lib/ops/causal';
-import { expectLunaError, maskTensor, maxAbs, maxAbsDiff, randnF64, randomMask, rngFor, where, type FloatArray } from './helpers';
+import type { CausalBackwardArgs, CausalForwardArgs } from '../lib/native-ops';
+import { expectLunaError, maskTensor, maxAbs, maxAbsDiff, randTensor, randnF64, randomMask, rngFor, where, type FloatArray } from './helpers';
 import { addon } from './native-helpers';
 
 const EPS32 = 2 ** -23;
@@ -311,5 +313,78 @@ describe('lifetime and validation', () => {
     const st = new CausalLunaState(pq);
     const q = tensor(Float32Array.from(randnF64(rng, 30)), { shape: [2, 3, 1, 5], requiresGrad: true });
     expect(st.step(q, q, q, q).requiresGrad).toBe(false);
+  });
+});
+
+describe('validation of causalLunaAttention', () => {
+  const rng = rngFor('validation');
+  const x = randTensor(rng, [2, 3, 5, 4]);
+  const pq = randTensor(rng, [2, 3, 6, 4]);
+  const op = ops.causalLunaAttention;
+  it('shapes', () => {
+    expectLunaError(() => op(randTensor(rng, [2, 3, 5]), x, x, x, pq), 'ERR_SHAPE', /q\.shape expected \[B,h,n,dh\]/);
+    expectLunaError(() => op(x, randTensor(rng, [2, 3, 6, 4]), x, x, pq), 'ERR_SHAPE', /k\.shape expected \[2,3,5,4\].*got \[2,3,6,4\]/);
+    expectLunaError(() => op(x, x, randTensor(rng, [2, 3, 5, 5]), x, pq), 'ERR_SHAPE', /v\.shape/);
+    expectLunaError(() => op(x, x, x, randTensor(rng, [1, 3, 5, 4]), pq), 'ERR_SHAPE', /kc\.shape/);
+    expectLunaError(() => op(x, x, x, x, randTensor(rng, [2, 3, 6, 5])), 'ERR_SHAPE', /pq\.shape expected \[2,3,l,4\]/);
+    const bad = maskTensor(new Uint8Array(10), 2, 5);
+    expectLunaError(() => op(x, x, x, x, pq, { packPaddingMask: bad }), 'ERR_SHAPE', /packPaddingMask\.shape expected \[2,6\]/);
+  });
+  it('dtypes', () => {
+    const x64 = randTensor(rng, [2, 3, 5, 4], { dtype: 'float64' });
+    const x32 = randTensor(rng, [2, 3, 5, 4], { dtype: 'float32' });
+    expectLunaError(() => op(x32, x64, x64, x64, pq), 'ERR_DTYPE', /k\.dtype expected float32/);
+    expectLunaError(() => op(x, x, x, x, randTensor(rng, [2, 3, 6, 4], { dtype: 'float32' })), 'ERR_DTYPE', /pq\.dtype/);
+    const ints = tensor(new Int32Array(120), { shape: [2, 3, 5, 4] });
+    expectLunaError(() => op(ints, x, x, x, pq), 'ERR_DTYPE', /q\.dtype expected float32 or float64/);
+    const floatMask = randTensor(rng, [2, 6]);
+    expectLunaError(() => op(x, x, x, x, pq, { packPaddingMask: floatMask }), 'ERR_DTYPE', /packPaddingMask\.dtype expected bool/);
+  });
+  it('arguments and options', () => {
+    expectLunaError(() => op(x, x, x, [1, 2] as unknown as Tensor, pq), 'ERR_ARGUMENT', /kc expected a Tensor/);
+    expectLunaError(() => op(x, x, x, x, pq, { scale: NaN }), 'ERR_ARGUMENT', /options\.scale expected a finite number/);
+    expectLunaError(() => op(x, x, x, x, pq, { activation: 'relu' as 'elu' }), 'ERR_ARGUMENT', /options\.activation expected "softplus" or "elu", got "relu"/);
+    expectLunaError(() => op(x, x, x, x, pq, { dropout: 1 }), 'ERR_ARGUMENT', /options\.dropout expected a probability/);
+    expectLunaError(() => op(x, x, x, x, pq, { dropout: 0.1, seed: -1 }), 'ERR_ARGUMENT', /options\.seed/);
+    expectLunaError(() => op(x, x, x, x, pq, { keyPaddingMask: null } as never), 'ERR_ARGUMENT', /unknown key "keyPaddingMask"/);
+    const gone = randTensor(rng, [2, 3, 5, 4]);
+    gone.dispose();
+    expectLunaError(() => op(x, x, gone, x, pq), 'ERR_DISPOSED', /v has been disposed/);
+  });
+});
+
+describe('the raw addon refuses bad arguments without crashing', () => {
+  const rng = rngFor('raw addon validation');
+  const f32 = (n: number) => Float32Array.from(randnF64(rng, n));
+  const p = { q: f32(40), k: f32(40), v: f32(40), kc: f32(40), pq: f32(24), mask: null, B: 1, h: 2, n: 5, l: 3, dh: 4, scale: 0.5 };
+  const out = new Float32Array(p.q.length);
+  const fwd = { ...p, out } as CausalForwardArgs;
+  const expectThrow = (fn: () => void, type: typeof TypeError | typeof RangeError, msg: RegExp) => {
+    let err: unknown = null;
+    try {
+      fn();
+    } catch (e) {
+      err = e;
+    }
+    expect(err, `expected a ${type.name} matching ${msg}`).toBeInstanceOf(type);
+    expect((err as Error).message).toMatch(msg);
+  };
+  it('types, lengths, sizes and options', () => {
+    expectThrow(() => addon.causalForward({ ...fwd, q: new Float64Array(p.q.length) }), TypeError, /k must be a Float64Array/);
+    expectThrow(() => addon.causalForward({ ...fwd, kc: new Float32Array(3) }), RangeError, /kc must have 40 elements, got 3/);
+    expectThrow(() => addon.causalForward({ ...fwd, n: 0 }), RangeError, /n must be a positive integer/);
+    expectThrow(() => addon.causalForward({ ...fwd, activation: 'gelu' as 'elu' }), TypeError, /activation must be/);
+    expectThrow(() => addon.causalForward({ ...fwd, chunk: 0 }), RangeError, /chunk must be a positive integer/);
+    expectThrow(() => addon.causalForward({ ...fwd, dropout: 0.5 }), RangeError, /seed must be a non-negative safe integer/);
+    expectThrow(() => addon.causalForward({ ...fwd, mask: new Uint8Array(2) }), RangeError, /mask must have 3 elements/);
+    expectThrow(() => addon.causalForward({ ...fwd, out: p.q as Float32Array }), RangeError, /out must not share memory with q/);
+    expectThrow(() => addon.causalForward({ ...fwd, out: (p.kc as Float32Array).subarray(0) }), RangeError, /out must not share memory with kc/);
+    const grads = { dq: new Float32Array(40), dk: new Float32Array(40), dv: new Float32Array(40), dkc: new Float32Array(40), dpq: new Float32Array(24) };
+    const bwd = { ...p, dout: new Float32Array(40), ...grads } as CausalBackwardArgs;
+    expectThrow(() => addon.causalBackward({ ...bwd, dv: grads.dk }), TypeError, /dk and dv must be the same array exactly when k and v are/);
+    expectThrow(() => addon.causalBackward({ ...bwd, dkc: grads.dq }), RangeError, /dq and dkc must not share memory/);
+    expectThrow(() => addon.causalBackward({ ...bwd, dpq: new Float32Array(40) }), RangeError, /dpq must have 24 elements/);
+    expectThrow(() => addon.causalStep({ ...p, out, stateK: new Float32Array(24), stateV: new Float32Array(24), steps: -1 }), RangeError, /steps must be a non-negative safe integer/);
+    expectThrow(() => addon.causalStep({ ...p, out, stateK: new Float32Array(24), stateV: new Float32Array(20), steps: 0 }), RangeError, /stateV must have 24 elements/);
   });
 });

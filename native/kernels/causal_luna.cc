@@ -8,9 +8,11 @@
 // products only compute and read their lower triangle, in blocks of kRowBlock rows.
 //
 // The backward walks the chunks in reverse with the suffix sums R^K, R^V (5.4). It needs the
-// chunk-start states, which a first pass recomputes (Φ and two state updates per chunk: about a
-// tenth of the backward's work; measured against saving them in the forward, see
-// bench/bench_causal.cc). It recomputes the probabilities with exactly the forward's arithmetic,
+// chunk-start states, which a first pass recomputes (Φ and the state updates per chunk). Measured
+// at the benchmark size, that pass is 3.2 of the backward's 25 ms; saving the states in the
+// forward instead would hold B·h·⌈n/c⌉·l·dh floats (twice that untied) from the forward to the
+// backward and need them even for a forward without gradient, for a ninth of the backward. It
+// recomputes the probabilities with exactly the forward's arithmetic,
 // max and sum included, rather than from the saved lse: l is small, the whole row is at hand,
 // and the lse's float32 rounding (relative ~|lse| 2^-24) would otherwise land in dT = Bm (dBm - D)
 // (see unpack_backward); D = rowsum(Bm dBm) then needs no saved output either.
@@ -24,8 +26,11 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
+#include <type_traits>
 #include <vector>
 
+#include "../runtime/cpu_features.h"
 #include "../runtime/thread_pool.h"
 #include "attention_common.h"
 #include "causal_activation.h"
@@ -38,6 +43,54 @@ namespace {
 
 // Rows per block of the triangular products (the AVX-512 GEMM's register block height).
 constexpr int64_t kRowBlock = 8;
+
+#ifdef LUNA_X86
+// dst[c x r] = src[r x c]ᵀ in 8 x 8 blocks through AVX registers (unpack, shuffle, permute);
+// the scalar transpose_tile spent a tenth of the kernels' time on K_cᵀ, Φᵀ and the state
+// transposes. Edges that do not fill a block go element by element.
+TARGET_AVX2 void transpose_avx2(int64_t rows, int64_t cols, const float* src, int64_t lds, float* dst, int64_t ldd) {
+  int64_t r0 = 0;
+  for (; r0 + 8 <= rows; r0 += 8) {
+    int64_t c0 = 0;
+    for (; c0 + 8 <= cols; c0 += 8) {
+      const float* s = src + r0 * lds + c0;
+      __m256 x[8], y[8];
+      for (int i = 0; i < 8; ++i) x[i] = _mm256_loadu_ps(s + i * lds);
+      for (int i = 0; i < 8; i += 2) {
+        y[i] = _mm256_unpacklo_ps(x[i], x[i + 1]);
+        y[i + 1] = _mm256_unpackhi_ps(x[i], x[i + 1]);
+      }
+      for (int i = 0; i < 8; i += 4) {
+        x[i] = _mm256_shuffle_ps(y[i], y[i + 2], 0x44);
+        x[i + 1] = _mm256_shuffle_ps(y[i], y[i + 2], 0xEE);
+        x[i + 2] = _mm256_shuffle_ps(y[i + 1], y[i + 3], 0x44);
+        x[i + 3] = _mm256_shuffle_ps(y[i + 1], y[i + 3], 0xEE);
+      }
+      float* d = dst + c0 * ldd + r0;
+      for (int i = 0; i < 4; ++i) {
+        _mm256_storeu_ps(d + i * ldd, _mm256_permute2f128_ps(x[i], x[i + 4], 0x20));
+        _mm256_storeu_ps(d + (i + 4) * ldd, _mm256_permute2f128_ps(x[i], x[i + 4], 0x31));
+      }
+    }
+    for (int64_t r = r0; r < r0 + 8; ++r)
+      for (int64_t c = c0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
+  }
+  for (int64_t r = r0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
+}
+#endif
+
+// dst[c x r] = src[r x c]ᵀ with row strides lds and ldd (transpose_tile, vectorised for float).
+template <typename T>
+void transpose(int64_t rows, int64_t cols, const T* src, int64_t lds, T* dst, int64_t ldd) {
+#ifdef LUNA_X86
+  if constexpr (std::is_same_v<T, float>) {
+    static const bool vector = active_isa() != Isa::Generic;
+    if (vector) return transpose_avx2(rows, cols, src, lds, dst, ldd);
+  }
+#endif
+  transpose_tile(rows, cols, src, lds, dst, ldd);
+}
 
 // out (c x c) = alpha a (c x K) bt (K x c), lower triangle only (column j <= row i): row block
 // [i0, i0 + 8) computes columns [0, i0 + 8) and zeroes those right of the diagonal. Columns
@@ -81,13 +134,47 @@ void add_suffix(int64_t rows, int64_t dh, int64_t l, const T* x, const T* g, T* 
   tile_gemm<T>(dh, l, rows, T(1), x + (rows - 1) * dh, 1, -dh, g + (rows - 1) * l, -l, r, l, true);
 }
 
+// A buffer of n elements left uninitialised: every scratch buffer here is written before it is
+// read. Small ones (under 64 KiB) come from the heap; large ones from a per-thread arena that is
+// kept between calls: a fresh 256 KiB block per task, zero-filled and page-faulted in anew on
+// every call, cost a fifth of the backward. One arena slot per buffer kind (scratch, states, pqᵀ),
+// since a task holds them all at once.
+// An arena that has grown past 16 MiB (a very long sequence) is released after the call.
+template <typename T>
+class Uninit {
+ public:
+  Uninit(int64_t n, int slot) {
+    const size_t len = size_t(std::max<int64_t>(n, 1));
+    if (len * sizeof(T) < (64 << 10)) {
+      own_.reset(new T[len]);
+      data_ = own_.get();
+      return;
+    }
+    thread_local std::vector<T> arena[3];
+    arena_ = &arena[slot];
+    if (arena_->size() < len) *arena_ = std::vector<T>(len);  // grown only: later calls reuse the pages
+    data_ = arena_->data();
+  }
+  ~Uninit() {
+    if (arena_ && arena_->size() * sizeof(T) > (size_t(16) << 20)) std::vector<T>().swap(*arena_);
+  }
+  Uninit(const Uninit&) = delete;
+  Uninit& operator=(const Uninit&) = delete;
+  T* data() const { return data_; }
+
+ private:
+  std::unique_ptr<T[]> own_;
+  std::vector<T>* arena_ = nullptr;
+  T* data_ = nullptr;
+};
+
 // One (batch, head) of a call: its slices of the inputs and what is fixed per head.
 template <typename T>
 struct Head {
   const CausalParams<T>& p;
   int64_t bh, n, l, dh;
   const T *q, *k, *v, *kc, *pq;
-  std::vector<T> pqt;   // pqᵀ (dh x l): the B operand of Z = kc pqᵀ
+  Uninit<T> pqt;        // pqᵀ (dh x l): the B operand of Z = kc pqᵀ
   std::vector<T> bias;  // additive slot bias, 0 or -inf (empty without a mask)
   const T* bias_ptr = nullptr;
   bool all_masked = false;  // every P slot masked: output 0, lse -inf, zero gradients
@@ -95,7 +182,7 @@ struct Head {
   DropoutMask<T> drop_phi, drop_bm;
 
   Head(const CausalParams<T>& params, int64_t index)
-      : p(params), bh(index), n(params.n), l(params.l), dh(params.dh), pqt(params.dh * params.l),
+      : p(params), bh(index), n(params.n), l(params.l), dh(params.dh), pqt(params.n > 1 ? params.dh * params.l : 0, 2),
         tied(params.tied()), drop_phi(params.dropout, params.seed),
         drop_bm(params.dropout, params.seed + kBmSeedOffset) {
     q = p.q + bh * n * dh;
@@ -103,7 +190,7 @@ struct Head {
     v = p.v + bh * n * dh;
     kc = p.kc + bh * n * dh;
     pq = p.pq + bh * l * dh;
-    transpose_tile(l, dh, pq, dh, pqt.data(), l);
+    if (n > 1) transpose(l, dh, pq, dh, pqt.data(), l);  // one-row calls never read it
     if (p.mask) {
       const uint8_t* m = p.mask + (bh / p.h) * l;
       mask_to_bias(m, l, bias);
@@ -116,7 +203,7 @@ struct Head {
 // Scratch of one task, sized for chunks of up to c rows, in one allocation.
 template <typename T>
 struct Scratch {
-  std::vector<T> buf;
+  Uninit<T> buf;
   // Forward: Φ and its transpose, K_cᵀ, the triangular A = q K_cᵀ and G = gB Φᵀ, the raw logits,
   // Bm and gB = B̃ / t. Backward adds φ'(Z), V_cᵀ, E = dO V_cᵀ, H = gT Φᵀ, dB, gT = dT scale / t,
   // dΦ and three l x dh transposes.
@@ -125,9 +212,9 @@ struct Scratch {
     *dphi = nullptr, *tr0 = nullptr, *tr1 = nullptr, *tr2 = nullptr;
   std::vector<double> dbm;  // one row of dBm (backward)
 
-  Scratch(int64_t c, int64_t l, int64_t dh, bool backward) {
+  Scratch(int64_t c, int64_t l, int64_t dh, bool backward)
+      : buf(5 * c * l + c * dh + 2 * c * c + (backward ? 4 * c * l + c * dh + 2 * c * c + 3 * l * dh : 0), 0) {
     const int64_t cl = c * l, cc = c * c, cd = c * dh, ld = l * dh;
-    buf.resize(5 * cl + cd + 2 * cc + (backward ? 4 * cl + cd + 2 * cc + 3 * ld : 0));
     T* x = buf.data();
     auto take = [&x](int64_t len) { T* r = x; x += len; return r; };
     phi = take(cl), phit = take(cl), logits = take(cl), bm = take(cl), gb = take(cl);
@@ -145,7 +232,13 @@ struct Scratch {
 template <typename T>
 void chunk_phi(const Head<T>& hd, Scratch<T>& s, int64_t r0, int64_t rows, bool with_slope) {
   const int64_t l = hd.l, dh = hd.dh;
-  tile_gemm<T>(rows, l, dh, T(hd.p.pack_scale), hd.kc + r0 * dh, dh, 1, hd.pqt.data(), l, s.phi, l, false);
+  if (rows == 1) {
+    // One row (a decoding step): Zᵀ = pq kcᵀ, a matrix-vector product that needs no pqᵀ; the
+    // same products summed in the same order as the general case.
+    tile_gemm<T>(l, 1, dh, T(hd.p.pack_scale), hd.pq, dh, 1, hd.kc + r0 * dh, 1, s.phi, 1, false);
+  } else {
+    tile_gemm<T>(rows, l, dh, T(hd.p.pack_scale), hd.kc + r0 * dh, dh, 1, hd.pqt.data(), l, s.phi, l, false);
+  }
   causal_phi<T>(hd.p.activation, rows * l, s.phi, s.phi, with_slope ? s.slope : nullptr);
   if (hd.drop_phi.active) {
     for (int64_t i = 0; i < rows; ++i)
@@ -155,7 +248,7 @@ void chunk_phi(const Head<T>& hd, Scratch<T>& s, int64_t r0, int64_t rows, bool 
         if (with_slope) s.slope[i * l + r] *= f;
       }
   }
-  transpose_tile(rows, l, s.phi, l, s.phit, rows);
+  transpose(rows, l, s.phi, l, s.phit, rows);
 }
 
 // Unscaled logits of rows [r0, r0 + rows) from the chunk-start state S^K (dh x l):
@@ -165,7 +258,7 @@ template <typename T>
 void chunk_logits(const Head<T>& hd, Scratch<T>& s, int64_t r0, int64_t rows, const T* sk) {
   const int64_t l = hd.l, dh = hd.dh;
   const T* q = hd.q + r0 * dh;
-  transpose_tile(rows, dh, hd.k + r0 * dh, dh, s.kt, rows);
+  transpose(rows, dh, hd.k + r0 * dh, dh, s.kt, rows);
   tri_product<T>(rows, dh, T(1), q, dh, s.kt, rows, s.a);
   tile_gemm<T>(rows, l, dh, T(1), q, dh, 1, sk, l, s.logits, l, false);
   lower_times<T>(rows, l, s.a, s.phi, l, s.logits, l, true);
@@ -233,6 +326,18 @@ void advance_sk(const Head<T>& hd, const Scratch<T>& s, int64_t rows, T* sk) {
 
 int64_t chunk_of(int64_t chunk) { return chunk > 0 ? chunk : kCausalChunk; }
 
+// Runs fn(bh) for every (batch, head): on the thread pool, or inline when the whole call is a
+// few microseconds of work (a decoding step), where waking the pool would cost more than it saves.
+template <typename T, typename Fn>
+void for_each_head(const CausalParams<T>& p, const Fn& fn) {
+  const int64_t BH = p.B * p.h;
+  if (BH * p.n * p.l * p.dh < (int64_t(1) << 16)) {
+    for (int64_t bh = 0; bh < BH; ++bh) fn(bh);
+  } else {
+    parallel_for(BH, fn);
+  }
+}
+
 }  // namespace
 
 // q, k, v, kc are (B, h, n, dh), pq is (B, h, l, dh), mask is (B, l); out is (B, h, n, dh) and
@@ -242,7 +347,7 @@ int64_t chunk_of(int64_t chunk) { return chunk > 0 ? chunk : kCausalChunk; }
 template <typename T>
 void causal_forward(const CausalParams<T>& p) {
   const int64_t n = p.n, l = p.l, dh = p.dh, c = std::min(chunk_of(p.chunk), p.n);
-  parallel_for(p.B * p.h, [&](int64_t bh) {
+  for_each_head(p, [&](int64_t bh) {
     const Head<T> hd(p, bh);
     T* out = p.out + bh * n * dh;
     T* lse = p.lse ? p.lse + bh * n : nullptr;
@@ -258,7 +363,7 @@ void causal_forward(const CausalParams<T>& p) {
       chunk_phi(hd, s, r0, rows, false);
       chunk_logits(hd, s, r0, rows, sk.data());
       chunk_probs(hd, s, r0, rows, r0, lse ? lse + r0 : nullptr);
-      if (hd.tied) transpose_tile(dh, l, sk.data(), l, sv.data(), dh);
+      if (hd.tied) transpose(dh, l, sk.data(), l, sv.data(), dh);
       chunk_output(hd, s, r0, rows, sv.data(), out + r0 * dh);
       advance_sk(hd, s, rows, sk.data());
       if (!hd.tied) tile_gemm<T>(l, dh, rows, T(1), s.phit, rows, 1, hd.v + r0 * dh, dh, sv.data(), dh, true);
@@ -271,7 +376,7 @@ void causal_forward(const CausalParams<T>& p) {
 template <typename T>
 void causal_step(const CausalParams<T>& p) {
   const int64_t n = p.n, l = p.l, dh = p.dh, c = std::min(chunk_of(p.chunk), p.n);
-  parallel_for(p.B * p.h, [&](int64_t bh) {
+  for_each_head(p, [&](int64_t bh) {
     const Head<T> hd(p, bh);
     T* out = p.out + bh * n * dh;
     T* lse = p.lse ? p.lse + bh * n : nullptr;
@@ -305,7 +410,7 @@ template <typename T>
 void causal_backward(const CausalParams<T>& p) {
   const int64_t n = p.n, l = p.l, dh = p.dh, c = std::min(chunk_of(p.chunk), p.n);
   const int64_t chunks = ceil_div(n, c), S = dh * l;
-  parallel_for(p.B * p.h, [&](int64_t bh) {
+  for_each_head(p, [&](int64_t bh) {
     const Head<T> hd(p, bh);
     const int64_t off = bh * n * dh;
     T* dq = p.dq + off;
@@ -323,19 +428,19 @@ void causal_backward(const CausalParams<T>& p) {
 
     // Pass 1: chunk-start states, S^K then (untied) S^Vᵀ per chunk.
     const int64_t stride = tied ? S : 2 * S;
-    std::vector<T> starts(chunks * stride);
+    Uninit<T> starts(chunks * stride, 1);
     {
       std::vector<T> sk(S, T(0)), svt(tied ? 0 : S, T(0));
       for (int64_t ch = 0; ch < chunks; ++ch) {
-        std::copy(sk.begin(), sk.end(), starts.begin() + ch * stride);
-        if (!tied) std::copy(svt.begin(), svt.end(), starts.begin() + ch * stride + S);
+        std::copy(sk.begin(), sk.end(), starts.data() + ch * stride);
+        if (!tied) std::copy(svt.begin(), svt.end(), starts.data() + ch * stride + S);
         if (ch + 1 == chunks) break;
         const int64_t r0 = ch * c, rows = std::min(c, n - r0);
         chunk_phi(hd, s, r0, rows, false);
-        transpose_tile(rows, dh, hd.k + r0 * dh, dh, s.kt, rows);
+        transpose(rows, dh, hd.k + r0 * dh, dh, s.kt, rows);
         advance_sk(hd, s, rows, sk.data());
         if (!tied) {
-          transpose_tile(rows, dh, hd.v + r0 * dh, dh, s.vt, rows);
+          transpose(rows, dh, hd.v + r0 * dh, dh, s.vt, rows);
           tile_gemm<T>(dh, l, rows, T(1), s.vt, rows, 1, s.phi, l, svt.data(), l, true);
         }
       }
@@ -358,7 +463,7 @@ void causal_backward(const CausalParams<T>& p) {
       // dB (rows x l) = dO S^Vᵀ + E Φ_c.
       const T* vt = s.kt;
       if (!tied) {
-        transpose_tile(rows, dh, hd.v + r0 * dh, dh, s.vt, rows);
+        transpose(rows, dh, hd.v + r0 * dh, dh, s.vt, rows);
         vt = s.vt;
       }
       tri_product<T>(rows, dh, T(1), dO, dh, vt, rows, s.e);
@@ -384,20 +489,20 @@ void causal_backward(const CausalParams<T>& p) {
       }
 
       // dq = gT S^Kᵀ + H K_c.
-      transpose_tile(dh, l, sk, l, s.tr0, dh);
+      transpose(dh, l, sk, l, s.tr0, dh);
       tri_product<T>(rows, l, T(1), s.gt, l, s.phit, rows, s.hh);
       tile_gemm<T>(rows, dh, l, T(1), s.gt, l, 1, s.tr0, dh, dq + r0 * dh, dh, false);
       lower_times<T>(rows, dh, s.hh, k, dh, dq + r0 * dh, dh, true);
 
       // dK = Φ_c R^Kᵀ + Hᵀ q_c (+ Gᵀ dO when tied); dV = Φ_c R^V + Gᵀ dO.
       tri_product<T>(rows, l, T(1), s.gb, l, s.phit, rows, s.g);
-      transpose_tile(dh, l, rk.data(), l, s.tr1, dh);
+      transpose(dh, l, rk.data(), l, s.tr1, dh);
       tile_gemm<T>(rows, dh, l, T(1), s.phi, l, 1, s.tr1, dh, dk + r0 * dh, dh, false);
       upper_times<T>(rows, dh, s.hh, q, dh, dk + r0 * dh, dh);
       if (tied) {
         upper_times<T>(rows, dh, s.g, dO, dh, dk + r0 * dh, dh);
       } else {
-        transpose_tile(dh, l, rvt.data(), l, s.tr2, dh);
+        transpose(dh, l, rvt.data(), l, s.tr2, dh);
         tile_gemm<T>(rows, dh, l, T(1), s.phi, l, 1, s.tr2, dh, dv + r0 * dh, dh, false);
         upper_times<T>(rows, dh, s.g, dO, dh, dv + r0 * dh, dh);
       }
