@@ -5,11 +5,21 @@
 
 #include <cstdint>
 
+// The same functions run in CUDA kernels (cuda/*.cu), so the device regenerates exactly the CPU's
+// masks. Under nvcc they are __host__ __device__; under the CUDA emulator (LUNA_CUDA_EMU) device
+// code is host code, so nothing is needed there (and __host__ may not be defined yet when this
+// header comes first); an ordinary C++ build sees plain inline functions.
+#if defined(__CUDACC__)
+#define LUNA_HOST_DEVICE __host__ __device__
+#else
+#define LUNA_HOST_DEVICE
+#endif
+
 namespace luna {
 
 // 32 well-mixed bits of (seed, index): two rounds of a 64-bit finaliser (the splitmix64 mixing
 // constants), with the seed folded in between so that neighbouring seeds give unrelated masks.
-inline uint32_t counter_bits(uint64_t seed, uint64_t index) {
+LUNA_HOST_DEVICE inline uint32_t counter_bits(uint64_t seed, uint64_t index) {
   uint64_t z = index + 0x9e3779b97f4a7c15ull * (seed + 1);
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
@@ -29,7 +39,7 @@ struct DropoutMask {
   T keep_scale = T(1);
   bool active = false;
 
-  DropoutMask(double p, uint64_t s) : seed(s) {
+  LUNA_HOST_DEVICE DropoutMask(double p, uint64_t s) : seed(s) {
     if (p > 0) {
       active = true;
       const double t = p * 4294967296.0;
@@ -39,7 +49,9 @@ struct DropoutMask {
   }
 
   // The factor element `index` is multiplied by: 1/(1-p) when kept, 0 when dropped.
-  T factor(uint64_t index) const { return counter_bits(seed, index) >= threshold ? keep_scale : T(0); }
+  LUNA_HOST_DEVICE T factor(uint64_t index) const {
+    return counter_bits(seed, index) >= threshold ? keep_scale : T(0);
+  }
 };
 
 }  // namespace luna
