@@ -4,7 +4,7 @@
 // all; there cudaGetDeviceCount fails (typically cudaErrorInsufficientDriver or
 // cudaErrorNoDevice). Any error means "no device": the library then runs on the CPU and reports
 // the runtime's own words as the reason, so a user can tell a missing driver from a missing card.
-#include <cuda_runtime.h>
+#include "common.cuh"
 
 #include <string>
 

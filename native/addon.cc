@@ -3,6 +3,7 @@
 
 #include "bindings/attention_binding.h"
 #include "bindings/causal_binding.h"
+#include "bindings/cuda_binding.h"
 #include "bindings/elementwise_binding.h"
 #include "bindings/gemm_binding.h"
 #include "bindings/nn_binding.h"
@@ -19,6 +20,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   luna::register_nn(env, exports);
   luna::register_causal(env, exports);
   luna::register_softmax(env, exports);
+  luna::register_cuda(env, exports);
   return exports;
 }
 

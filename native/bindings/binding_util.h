@@ -16,7 +16,28 @@
 #include <utility>
 #include <vector>
 
+#include "../runtime/cuda_api.h"
+
 namespace luna {
+
+// A device array as a binding sees it (native/bindings/cuda_binding.cc owns the JS class).
+struct DeviceArrayView {
+  void* ptr = nullptr;
+  int64_t length = 0;
+  napi_typedarray_type type = napi_float32_array;  // float32, uint8 or int32
+};
+
+// True when `v` is a DeviceArray (filling `out`); throws when it is one that was released.
+bool unwrap_device_array(Napi::Env env, const Napi::Value& v, DeviceArrayView& out);
+
+inline const char* typed_array_name(napi_typedarray_type type) {
+  switch (type) {
+    case napi_float64_array: return "Float64Array";
+    case napi_float32_array: return "Float32Array";
+    case napi_int32_array: return "Int32Array";
+    default: return "Uint8Array";
+  }
+}
 
 inline Napi::Object object_arg(const Napi::CallbackInfo& info, const char* fn) {
   if (info.Length() < 1 || !info[0].IsObject())
@@ -50,7 +71,21 @@ class Args {
 
   Napi::Env Env() const { return env_; }
 
+  // Where the call's arrays live: every array field read through array_field records it, and
+  // mixing host arrays and device arrays in one call is refused.
+  void note_array(bool on_device, const char* name) const {
+    const Where w = on_device ? Where::Cuda : Where::Host;
+    if (where_ != Where::Unknown && where_ != w)
+      throw Napi::TypeError::New(env_, std::string(name) + (on_device ? " is a device array but the other arrays are host arrays"
+                                                                      : " is a host array but the other arrays are device arrays"));
+    where_ = w;
+  }
+  // True once a device array was read (then every array of the call is one).
+  bool on_cuda() const { return where_ == Where::Cuda; }
+
  private:
+  enum class Where { Unknown, Host, Cuda };
+  mutable Where where_ = Where::Unknown;
   template <typename It>
   void read(const Napi::CallbackInfo& info, const char* fn, It first, It last) {
     Napi::Object o = object_arg(info, fn);
@@ -71,6 +106,12 @@ Napi::Value guard_call(Napi::Env env, F&& body) {
     return body();
   } catch (const Napi::Error&) {
     throw;
+  } catch (const cuda::CudaError& e) {
+    // lib/ turns this into LunaError ERR_CUDA, keeping the runtime's error name.
+    Napi::Error err = Napi::Error::New(env, e.what());
+    err.Set("code", Napi::String::New(env, "ERR_CUDA"));
+    err.Set("cudaError", Napi::String::New(env, e.name()));
+    throw err;
   } catch (const std::bad_alloc&) {
     throw Napi::RangeError::New(env, "out of memory: the native kernel could not allocate its scratch space");
   } catch (const std::exception& e) {
@@ -102,19 +143,45 @@ inline double finite_field(const Args& o, const char* name) {
   return d;
 }
 
-// The data pointer of a typed array field of the given element type and exact length.
+// The element type of a typed array or device array field.
+inline napi_typedarray_type array_type(const Args& o, const char* name) {
+  Napi::Value v = o.Get(name);
+  DeviceArrayView d;
+  if (unwrap_device_array(o.Env(), v, d)) return d.type;
+  if (!v.IsTypedArray()) throw Napi::TypeError::New(o.Env(), std::string(name) + " must be a typed array or a DeviceArray");
+  return v.As<Napi::TypedArray>().TypedArrayType();
+}
+
+// The data pointer of an array field of the given element type and exact length: a typed array
+// (host memory) or a DeviceArray (device memory; the call then runs on the GPU, see Args::on_cuda).
 template <typename T>
 T* array_field(const Args& o, const char* name, napi_typedarray_type type, int64_t length) {
   Napi::Value v = o.Get(name);
+  DeviceArrayView d;
+  if (unwrap_device_array(o.Env(), v, d)) {
+    if (d.type != type)
+      throw Napi::TypeError::New(o.Env(), std::string(name) + " must be a " + typed_array_name(type) + " DeviceArray, got a " +
+                                              typed_array_name(d.type) + " one");
+    if (d.length != length)
+      throw Napi::RangeError::New(o.Env(), std::string(name) + " must have " + std::to_string(length) + " elements, got " +
+                                               std::to_string(d.length));
+    o.note_array(true, name);
+    return static_cast<T*>(d.ptr);
+  }
   if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != type)
-    throw Napi::TypeError::New(o.Env(), std::string(name) + " must be a " +
-                                            (type == napi_float64_array ? "Float64Array" : type == napi_float32_array ? "Float32Array" : "Uint8Array"));
+    throw Napi::TypeError::New(o.Env(), std::string(name) + " must be a " + typed_array_name(type));
   Napi::TypedArray arr = v.As<Napi::TypedArray>();
   if (static_cast<int64_t>(arr.ElementLength()) != length)
     throw Napi::RangeError::New(o.Env(), std::string(name) + " must have " + std::to_string(length) + " elements, got " +
                                              std::to_string(arr.ElementLength()));
+  o.note_array(false, name);
   uint8_t* base = static_cast<uint8_t*>(arr.ArrayBuffer().Data());
   return reinterpret_cast<T*>(base + arr.ByteOffset());
+}
+
+// For entries that only run on the host (the float64 references): refuses device arrays.
+inline void require_host(const Args& o, const char* fn) {
+  if (o.on_cuda()) throw Napi::TypeError::New(o.Env(), std::string(fn) + " runs on the CPU only; it was given device arrays");
 }
 
 // Product of sizes, refusing anything at or over 2^31 elements.
