@@ -1,0 +1,287 @@
+// Pack and unpack attention on the GPU (cuda/attention_cuda.h), forward and backward, float32.
+//
+// Both ops are O = softmax(scale * Q K^T, key padding mask) V per (batch, head) with the row
+// log-sum-exp saved; they differ only in shape (pack: l queries over m keys; unpack: n queries
+// over l keys), so one forward kernel and one backward kernel serve both, tiled from the sizes:
+//
+// Forward (attention_forward_kernel): a block owns a tile of query rows and a range of keys.
+//   Each thread keeps one query row (or a slice of it, for head dims over 64) in registers and
+//   streams keys out of shared memory with an online softmax, a chunk of 8 keys at a time. When
+//   the queries are few (pack), the threads of a row split the keys between them ("groups")
+//   and the key axis is split across blocks ("splits"); groups merge inside the block, splits
+//   in attention_merge_kernel, both in a fixed order. When the queries are many (unpack), one
+//   block per row tile sees every key (the l keys and values sit in shared memory, in one or a
+//   few tiles) and writes the final rows directly: no partials, no merge.
+// Backward (attention_backward_kernel): a block owns a chunk of key tiles and a chunk of rows,
+//   recomputes P = exp(scale S - lse) tile by tile, and forms dS = P (dP - D) with
+//   D = rowsum(dO O) computed in the block as one multiply-add chain per row in the same order
+//   as dP's chain (so a row with a single key gets dS = 0 exactly, as on the CPU). dK and dV of a
+//   key tile accumulate in registers over the block's rows; dq of a row accumulates over the
+//   block's key tiles (read-modify-write of rows only this block touches). Row chunks (unpack)
+//   give per-chunk dK/dV partials, key chunks (pack) per-chunk dq partials; attention_sum_kernel
+//   adds them in chunk order. Every choice depends on the sizes (and on the device's shared
+//   memory only where the large backward tiles do not fit), so a call repeats bit for bit.
+//
+// Head dims are padded to 32, 64, 128 or 256 in shared memory with zeros, which add exact
+// zeros to every dot product; exp and log are the accurate expf / logf.
+#include <cmath>
+
+#include "../native/kernels/counter_rng.h"
+#include "attention_cuda.h"
+#include "attention_tiles.cuh"
+#include "attention_backward.cuh"
+#include "common.cuh"
+
+namespace luna::cuda {
+
+namespace {
+
+// ---- forward -------------------------------------------------------------------------------------
+
+constexpr int kFwdThreads = 128;
+constexpr int kChunk = 8;  // keys a thread scores before one online-softmax rescale
+
+template <int DH>
+struct FwdShape {
+  static constexpr int TPR = DH <= 64 ? 1 : DH / 64;    // threads per query row
+  static constexpr int DT = DH / TPR;                   // dims each of them holds (<= 64)
+  static constexpr int KT = DH <= 64 ? 64 : 4096 / DH;  // keys per shared-memory tile
+  static constexpr int STRIDE = DH + 4;                 // shared row stride (staggers banks)
+  static constexpr int SLOTS = kFwdThreads / TPR;       // (row, group) pairs per block
+};
+
+struct FwdArgs {
+  Problem pr;
+  float* out;       // [BH, lq, dh]  (splits == 1)
+  float* lse;       // [BH, lq]      (splits == 1)
+  float* part_acc;  // [BH, splits, lq, dh] unnormalised outputs (splits > 1)
+  float* part_ml;   // [BH, splits, lq, 2] (max, sum) of each partial
+  int R, G;         // query rows per block, key groups per row (R * G = SLOTS)
+  int row_tiles, splits, keys_per_split;
+};
+
+// q is (BH, lq, dh), k and v are (BH, lk, dh), mask is (B, lk). Block = (bh, split, row tile);
+// thread = (part of a row, row r, group g). Writes out/lse rows, or one partial per split.
+template <int DH>
+__global__ void __launch_bounds__(kFwdThreads) attention_forward_kernel(FwdArgs a) {
+  using S = FwdShape<DH>;
+  LUNA_DYNAMIC_SMEM(float, smem);
+  const Problem& pr = a.pr;
+  int64_t blk = blockIdx.x;
+  const int rt = int(blk % a.row_tiles);
+  blk /= a.row_tiles;
+  const int split = int(blk % a.splits);
+  const int64_t bh = blk / a.splits;
+  const int64_t b = bh / pr.h;
+  const int t = threadIdx.x, part = t % S::TPR, slot = t / S::TPR;
+  const int r = slot % a.R, g = slot / a.R;
+  const int row0 = rt * a.R, rows = min(a.R, pr.lq - row0);
+  const bool tied = pr.k == pr.v;
+
+  // The block's query rows, coalesced through shared memory, then each thread's slice.
+  float q[S::DT];
+  load_rows<DH, S::STRIDE>(smem, pr.q + (bh * pr.lq + row0) * pr.dh, rows, a.R, pr.dh);
+  __syncthreads();
+  lds<S::DT>(q, smem + r * S::STRIDE + part * S::DT);
+  __syncthreads();
+
+  float* ks = smem;
+  float* vs = tied ? ks : ks + S::KT * S::STRIDE;
+  float* kvalid = vs + S::KT * S::STRIDE;  // 1 kept key, 0 masked or past the end
+  float m = -INFINITY, sum = 0.f, acc[S::DT];
+  bool kept = false;  // any kept key seen (tells "all masked" from "all logits -inf or NaN")
+  for (int c = 0; c < S::DT; ++c) acc[c] = 0.f;
+  const int key_begin = split * a.keys_per_split, key_end = min(pr.lk, key_begin + a.keys_per_split);
+  const int per_thread = S::KT / a.G;  // keys of a tile each thread scores (G divides KT)
+  const uint64_t drop_row = uint64_t(bh * pr.lq + row0 + r) * uint64_t(pr.lk);
+
+  for (int k0 = key_begin; k0 < key_end; k0 += S::KT) {
+    const int nk = min(S::KT, key_end - k0);
+    load_rows<DH, S::STRIDE>(ks, pr.k + (bh * pr.lk + k0) * pr.dh, nk, S::KT, pr.dh);
+    if (!tied) load_rows<DH, S::STRIDE>(vs, pr.v + (bh * pr.lk + k0) * pr.dh, nk, S::KT, pr.dh);
+    for (int j = t; j < S::KT; j += kFwdThreads)
+      kvalid[j] = (j < nk && !(pr.mask && pr.mask[b * pr.lk + k0 + j])) ? 1.f : 0.f;
+    __syncthreads();
+    // Keys g, g + G, g + 2G, ... of the tile, a chunk at a time: score the chunk, rescale the
+    // running state once if its maximum grew, then accumulate. The loop bounds are the same in
+    // every thread, so the shuffles of a row's threads always meet.
+    for (int c0 = 0; c0 < per_thread; c0 += kChunk) {
+      float s[kChunk];
+      float cmax = -INFINITY;
+#pragma unroll
+      for (int u = 0; u < kChunk; ++u) {
+        s[u] = -INFINITY;
+        if (c0 + u < per_thread) {
+          const int j = g + (c0 + u) * a.G;
+          const float d = row_dot<S::DT, S::TPR>(q, ks + j * S::STRIDE + part * S::DT);
+          if (kvalid[j] != 0.f) s[u] = pr.scale * d;
+          cmax = fmaxf(cmax, s[u]);
+        }
+      }
+      if (cmax > m) {  // a NaN score never raises the max (fmaxf skips it), as on the CPU
+        const float f = m == -INFINITY ? 0.f : expf(m - cmax);
+        sum *= f;
+        for (int c = 0; c < S::DT; ++c) acc[c] *= f;
+        m = cmax;
+      }
+#pragma unroll
+      for (int u = 0; u < kChunk; ++u) {
+        if (c0 + u >= per_thread) continue;
+        const int j = g + (c0 + u) * a.G;
+        if (kvalid[j] == 0.f) continue;
+        kept = true;
+        float p = s[u] == -INFINITY ? 0.f : expf(s[u] - m);
+        sum += p;  // the normaliser counts every kept key; the output only undropped ones
+        if (pr.drop.active) p *= pr.drop.factor(drop_row + uint64_t(k0 + j));
+        const float* vr = vs + j * S::STRIDE + part * S::DT;
+#pragma unroll
+        for (int c = 0; c < S::DT; c += 4) {
+          const float4 x = *reinterpret_cast<const float4*>(vr + c);
+          acc[c] = fmaf(p, x.x, acc[c]);
+          acc[c + 1] = fmaf(p, x.y, acc[c + 1]);
+          acc[c + 2] = fmaf(p, x.z, acc[c + 2]);
+          acc[c + 3] = fmaf(p, x.w, acc[c + 3]);
+        }
+      }
+    }
+    __syncthreads();
+  }
+
+  // Merge the groups of each row (group order), then write the rows: final, or this split's
+  // partial. Slot (g, r) holds a group's state; its max is then replaced by its weight.
+  float* slot_acc = smem;                           // [SLOTS][STRIDE]
+  float* slot_m = slot_acc + S::SLOTS * S::STRIDE;  // [SLOTS] max, then weight exp(m_g - M_r)
+  float* slot_s = slot_m + S::SLOTS;                // [SLOTS] sum
+  float* slot_k = slot_s + S::SLOTS;                // [SLOTS] kept (0 / 1)
+  float* row_max = slot_k + S::SLOTS;               // [R]
+  float* row_total = row_max + S::SLOTS;            // [R]
+  float* row_kept = row_total + S::SLOTS;           // [R]
+  const int own = g * a.R + r;
+  for (int c = 0; c < S::DT; c += 4)
+    *reinterpret_cast<float4*>(slot_acc + own * S::STRIDE + part * S::DT + c) =
+        make_float4(acc[c], acc[c + 1], acc[c + 2], acc[c + 3]);
+  if (part == 0) slot_m[own] = m, slot_s[own] = sum, slot_k[own] = kept ? 1.f : 0.f;
+  __syncthreads();
+  if (t < a.R) {
+    float top = -INFINITY, any = 0.f;
+    for (int gg = 0; gg < a.G; ++gg) top = fmaxf(top, slot_m[gg * a.R + t]), any += slot_k[gg * a.R + t];
+    float total = 0.f;
+    for (int gg = 0; gg < a.G; ++gg) {
+      const float mg = slot_m[gg * a.R + t];
+      const float w = mg == -INFINITY ? 0.f : expf(mg - top);
+      total += w * slot_s[gg * a.R + t];  // 0 * NaN stays NaN: a NaN row stays NaN
+      slot_m[gg * a.R + t] = w;
+    }
+    row_max[t] = top, row_total[t] = total, row_kept[t] = any;
+  }
+  __syncthreads();
+  const int dh = pr.dh;
+  const int64_t first = a.splits == 1 ? bh * pr.lq + row0 : (bh * a.splits + split) * int64_t(pr.lq) + row0;
+  for (int e = t; e < rows * dh; e += kFwdThreads) {
+    const int rr = e / dh, c = e % dh;
+    float x = 0.f;
+    for (int gg = 0; gg < a.G; ++gg) x += slot_m[gg * a.R + rr] * slot_acc[(gg * a.R + rr) * S::STRIDE + c];
+    if (a.splits == 1) a.out[first * dh + e] = row_output(row_max[rr], row_total[rr], row_kept[rr] != 0.f, x);
+    else a.part_acc[first * dh + e] = x;
+  }
+  if (t < rows) {
+    const float top = row_max[t], total = row_total[t];
+    const bool any = row_kept[t] != 0.f;
+    if (a.splits == 1) {
+      a.lse[first + t] = row_lse(top, total, any);
+    } else {
+      // A partial with no finite logit records in its sum whether it kept a key (1) or not (0).
+      a.part_ml[(first + t) * 2] = top;
+      a.part_ml[(first + t) * 2 + 1] = top == -INFINITY && total == 0.f ? (any ? 1.f : 0.f) : total;
+    }
+  }
+}
+
+// part_acc is (BH, splits, lq, dh), part_ml (BH, splits, lq, 2); out (BH, lq, dh), lse (BH, lq).
+// One warp per (bh, row): the splits' partials combined in split order, lanes over dims.
+__global__ void attention_merge_kernel(const float* part_acc, const float* part_ml, float* out, float* lse,
+                                       int64_t rows_total, int lq, int dh, int splits) {
+  const int64_t row = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  if (row >= rows_total) return;  // whole warps leave together: no shuffles below
+  const int lane = threadIdx.x % 32;
+  const int64_t bh = row / lq, i = row % lq;
+  const int64_t first = bh * splits * int64_t(lq) + i;  // partial of split s: first + s * lq
+  float top = -INFINITY;
+  bool kept = false;
+  for (int s = 0; s < splits; ++s) {
+    const float ms = part_ml[(first + s * lq) * 2];
+    top = fmaxf(top, ms);
+    kept = kept || ms != -INFINITY || part_ml[(first + s * lq) * 2 + 1] != 0.f;
+  }
+  float total = 0.f;
+  for (int s = 0; s < splits; ++s) {
+    const float ms = part_ml[(first + s * lq) * 2];
+    total += (ms == -INFINITY ? 0.f : expf(ms - top)) * part_ml[(first + s * lq) * 2 + 1];
+  }
+  for (int c = lane; c < dh; c += 32) {
+    float x = 0.f;
+    for (int s = 0; s < splits; ++s) {
+      const float ms = part_ml[(first + s * lq) * 2];
+      x += (ms == -INFINITY ? 0.f : expf(ms - top)) * part_acc[(first + s * lq) * dh + c];
+    }
+    out[row * dh + c] = row_output(top, total, kept, x);
+  }
+  if (lane == 0) lse[row] = row_lse(top, total, kept);
+}
+
+template <int DH>
+void launch_forward(const AttentionParams<float>& p) {
+  using S = FwdShape<DH>;
+  const Problem pr = make_problem(p);
+  const int64_t BH = p.B * p.h;
+  // Rows per block: the queries rounded up to a power of two, at most a block's worth, and at
+  // least enough that a row's groups do not outnumber a tile's keys or a warp's lanes.
+  int R = 1;
+  while (R < p.lq && R < S::SLOTS) R *= 2;
+  R = std::max(R, S::SLOTS / std::min(32, S::KT));
+  const int G = S::SLOTS / R;
+  const int64_t row_tiles = ceil_div(p.lq, R), key_tiles = std::max<int64_t>(1, ceil_div(p.lk, S::KT));
+  // Split the keys only when the row tiles alone leave the device idle (about 512 blocks are
+  // wanted); from the sizes alone, so the summation order never depends on the device.
+  const int64_t want = std::min<int64_t>(key_tiles, ceil_div(512, BH * row_tiles));
+  const int64_t tiles_per_split = ceil_div(key_tiles, std::max<int64_t>(want, 1));
+  const int64_t splits = ceil_div(key_tiles, tiles_per_split);
+  FwdArgs a{pr, p.out, p.lse, nullptr, nullptr, R, G, int(row_tiles), int(splits), int(tiles_per_split * S::KT)};
+  if (splits > 1) {
+    a.part_acc = static_cast<float*>(device_alloc(size_t(BH * splits * p.lq * p.dh) * sizeof(float)));
+    a.part_ml = static_cast<float*>(device_alloc(size_t(BH * splits * p.lq * 2) * sizeof(float)));
+  }
+  const size_t floats = std::max<size_t>(2 * S::KT * S::STRIDE + S::KT, S::SLOTS * (S::STRIDE + 6));
+  const size_t smem = floats * sizeof(float);
+  allow_dynamic_smem(reinterpret_cast<const void*>(&attention_forward_kernel<DH>), smem);
+  LUNA_LAUNCH(dim3(unsigned(BH * splits * row_tiles)), dim3(kFwdThreads), smem, stream(),
+              attention_forward_kernel<DH>)(a);
+  check_launch("attention_forward_kernel");
+  if (splits > 1) {
+    const int64_t rows_total = BH * p.lq;
+    LUNA_LAUNCH(dim3(unsigned(ceil_div(rows_total, 4))), dim3(128), 0, stream(), attention_merge_kernel)(
+        a.part_acc, a.part_ml, p.out, p.lse, rows_total, int(p.lq), int(p.dh), int(splits));
+    check_launch("attention_merge_kernel");
+    device_free(a.part_acc);  // safe: one stream, the next user runs after the merge
+    device_free(a.part_ml);
+  }
+}
+
+void forward(const AttentionParams<float>& p, const char* who) {
+  check_params(p, who, false);
+  if (p.B * p.h * p.lq == 0) return;
+  if (p.dh <= 32) launch_forward<32>(p);
+  else if (p.dh <= 64) launch_forward<64>(p);
+  else if (p.dh <= 128) launch_forward<128>(p);
+  else launch_forward<256>(p);
+}
+
+}  // namespace
+
+void pack_forward(const AttentionParams<float>& p) { forward(p, "pack_forward"); }
+void unpack_forward(const AttentionParams<float>& p) { forward(p, "unpack_forward"); }
+
+void pack_backward(const AttentionParams<float>& p) { attention_backward(p, "pack_backward"); }
+void unpack_backward(const AttentionParams<float>& p) { attention_backward(p, "unpack_backward"); }
+
+}  // namespace luna::cuda
