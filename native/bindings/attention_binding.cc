@@ -1,7 +1,10 @@
 // N-API bindings of the attention kernels: one options object in, a filled AttentionParams out,
-// then the kernel. The argument shapes are documented in native/INTERFACE.md.
+// then the kernel. The argument shapes are documented in native/INTERFACE.md. When the arrays
+// are DeviceArrays (float32 only) the CUDA kernels run instead (cuda/attention_cuda.h); the
+// float64 reference entries stay on the CPU.
 #include "attention_binding.h"
 
+#include "../../cuda/attention_cuda.h"
 #include "../kernels/attention.h"
 #include "../reference/attention_reference.h"
 #include "binding_util.h"
@@ -63,17 +66,30 @@ void run(Op op, bool backward, const AttentionParams<T>& p) {
   }
 }
 
+// Device arrays: the CUDA kernels (queued on the library's stream; lib/ waits when it reads).
+void run_cuda(Op op, bool backward, const AttentionParams<float>& p, const Args& o) {
+  switch (op) {
+    case Op::Pack: backward ? cuda::pack_backward(p) : cuda::pack_forward(p); break;
+    case Op::Unpack: backward ? cuda::unpack_backward(p) : cuda::unpack_forward(p); break;
+    case Op::Reference: require_host(o, backward ? "referenceBackward" : "referenceForward"); break;
+  }
+}
+
 template <Op op, bool backward>
 Napi::Value attention_entry(const Napi::CallbackInfo& info) {
   const Args o(info, "attention",
                {"q", "k", "v", "mask", "out", "lse", "B", "h", "lq", "lk", "dh", "scale", "dropout", "seed", "dout",
                 "dq", "dk", "dv"});
-  Napi::Value q = o.Get("q");
-  if (!q.IsTypedArray()) throw Napi::TypeError::New(info.Env(), "q must be a Float32Array or Float64Array");
-  const napi_typedarray_type type = q.As<Napi::TypedArray>().TypedArrayType();
-  if (type == napi_float32_array) run(op, backward, read_params<float>(o, type, backward));
-  else if (type == napi_float64_array) run(op, backward, read_params<double>(o, type, backward));
-  else throw Napi::TypeError::New(info.Env(), "q must be a Float32Array or Float64Array");
+  const napi_typedarray_type type = array_type(o, "q");
+  if (type == napi_float32_array) {
+    const AttentionParams<float> p = read_params<float>(o, type, backward);
+    if (o.on_cuda()) run_cuda(op, backward, p, o);
+    else run(op, backward, p);
+  } else if (type == napi_float64_array) {
+    run(op, backward, read_params<double>(o, type, backward));  // a device array is never float64
+  } else {
+    throw Napi::TypeError::New(info.Env(), "q must be a Float32Array or Float64Array");
+  }
   return info.Env().Undefined();
 }
 
