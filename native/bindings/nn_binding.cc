@@ -1,6 +1,8 @@
 // N-API bindings of the nn building blocks: one options object per call, copied into the
 // kernel's parameter struct (nn_kernels.h), then the fast kernel or, with `reference: true`,
 // the plain-loop reference. The argument shapes are documented in native/INTERFACE-nn.md.
+// When the arrays are DeviceArrays (float32, ids and targets int32) the CUDA kernels run instead
+// (cuda/nn_cuda.h), queued on the library's stream; the reference entries stay on the CPU.
 //
 // lib/ops/nn-functional.ts validates everything first and raises LunaError; the checks here
 // only make sure that a caller who reaches the raw addon gets a JS exception instead of a
@@ -8,8 +10,10 @@
 #include "nn_binding.h"
 
 #include <string>
+#include <type_traits>
 #include <vector>
 
+#include "../../cuda/nn_cuda.h"
 #include "../kernels/nn_kernels.h"
 #include "../reference/nn_reference.h"
 #include "binding_util.h"
@@ -35,14 +39,21 @@ T* optional_array(const Args& o, const char* name, napi_typedarray_type type, in
 // output (an Int32Array and a Float32Array may view the same ArrayBuffer, and the kernel would
 // overwrite the checked ids while using them) nor be changed by another thread (a
 // SharedArrayBuffer). n int32 values are cheap next to the n x d work of the kernels.
+//
+// An int32 DeviceArray is used in place: checking its values would mean reading them back, a
+// stall of the stream on every call. The CUDA path trusts lib/'s validation, and its kernels
+// never touch memory outside their arrays for a bad value (they write NaN; cuda/nn_cuda.h).
 const int32_t* int32_field(const Args& o, const char* name, int64_t length, std::vector<int32_t>& copy) {
   Napi::Value v = o.Get(name);
+  DeviceArrayView device;
+  if (unwrap_device_array(o.Env(), v, device)) return array_field<int32_t>(o, name, napi_int32_array, length);
   if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
     throw type_error(o, std::string(name) + " must be an Int32Array");
   Napi::TypedArray arr = v.As<Napi::TypedArray>();
   if (static_cast<int64_t>(arr.ElementLength()) != length)
     throw range_error(o, std::string(name) + " must have " + std::to_string(length) + " elements, got " +
                              std::to_string(arr.ElementLength()));
+  o.note_array(false, name);
   const uint8_t* base = static_cast<const uint8_t*>(arr.ArrayBuffer().Data());
   const int32_t* src = reinterpret_cast<const int32_t*>(base + arr.ByteOffset());
   copy.assign(src, src + length);
@@ -66,15 +77,28 @@ bool reference_flag(const Args& o) {
   return v.As<Napi::Boolean>().Value();
 }
 
-// The element type of a call, read from its first float array.
+// The element type of a call, read from its first float array (a typed array or a DeviceArray).
 napi_typedarray_type float_type(const Args& o, const char* name) {
-  Napi::Value v = o.Get(name);
-  if (v.IsTypedArray()) {
-    const napi_typedarray_type t = v.As<Napi::TypedArray>().TypedArrayType();
+  const Napi::Value v = o.Get(name);
+  DeviceArrayView device;
+  if (v.IsTypedArray() || unwrap_device_array(o.Env(), v, device)) {
+    const napi_typedarray_type t = array_type(o, name);
     if (t == napi_float32_array || t == napi_float64_array) return t;
   }
   throw type_error(o, std::string(name) + " must be a Float32Array or Float64Array");
 }
+
+// True when the call's arrays are device arrays, so the CUDA launcher runs (the caller wraps it
+// in `if constexpr (kFloat<T>)`: a device array is never float64). The plain-loop references
+// run on the CPU only and refuse device arrays.
+bool on_gpu(const Args& o, bool ref) {
+  if (!o.on_cuda()) return false;
+  if (ref) require_host(o, "the plain-loop reference (reference: true)");
+  return true;
+}
+
+template <typename T>
+constexpr bool kFloat = std::is_same_v<T, float>;
 
 // Calls body<float> or body<double> by the type of the float array `key`.
 template <template <typename> class Body>
@@ -109,7 +133,11 @@ struct LayerNormForward {
     p.eps = number_in(o, "eps", 0, 1e300, false);
     p.bias = optional_array<T>(o, "bias", type, p.d);
     p.out = array_field<T>(o, "out", type, p.rows * p.d);
-    ref ? reference_layer_norm_forward(p) : layer_norm_forward(p);
+    if (on_gpu(o, ref)) {
+      if constexpr (kFloat<T>) cuda::layer_norm_forward(p);
+    } else {
+      ref ? reference_layer_norm_forward(p) : layer_norm_forward(p);
+    }
   }
 };
 
@@ -121,7 +149,11 @@ struct LayerNormBackward {
     p.dx = optional_array<T>(o, "dx", type, p.rows * p.d);
     p.dweight = optional_array<T>(o, "dweight", type, p.d);
     p.dbias = optional_array<T>(o, "dbias", type, p.d);
-    ref ? reference_layer_norm_backward(p) : layer_norm_backward(p);
+    if (on_gpu(o, ref)) {
+      if constexpr (kFloat<T>) cuda::layer_norm_backward(p);
+    } else {
+      ref ? reference_layer_norm_backward(p) : layer_norm_backward(p);
+    }
   }
 };
 
@@ -138,8 +170,13 @@ struct ActivationEntry {
       p.n = dim_field(o, "n");
       p.x = array_field<T>(o, "x", type, p.n);
       p.out = array_field<T>(o, "out", type, p.n);
-      if (act == Act::Gelu) ref ? reference_gelu_forward(p) : gelu_forward(p);
-      else ref ? reference_relu_forward(p) : relu_forward(p);
+      if (on_gpu(o, ref)) {
+        if constexpr (kFloat<T>) act == Act::Gelu ? cuda::gelu_forward(p) : cuda::relu_forward(p);
+      } else if (act == Act::Gelu) {
+        ref ? reference_gelu_forward(p) : gelu_forward(p);
+      } else {
+        ref ? reference_relu_forward(p) : relu_forward(p);
+      }
     }
   };
   template <typename T>
@@ -150,8 +187,13 @@ struct ActivationEntry {
       p.x = array_field<T>(o, "x", type, p.n);
       p.dout = array_field<T>(o, "dout", type, p.n);
       p.dx = array_field<T>(o, "dx", type, p.n);
-      if (act == Act::Gelu) ref ? reference_gelu_backward(p) : gelu_backward(p);
-      else ref ? reference_relu_backward(p) : relu_backward(p);
+      if (on_gpu(o, ref)) {
+        if constexpr (kFloat<T>) act == Act::Gelu ? cuda::gelu_backward(p) : cuda::relu_backward(p);
+      } else if (act == Act::Gelu) {
+        ref ? reference_gelu_backward(p) : gelu_backward(p);
+      } else {
+        ref ? reference_relu_backward(p) : relu_backward(p);
+      }
     }
   };
 };
@@ -169,7 +211,11 @@ struct DropoutEntry {
       p.seed = static_cast<uint64_t>(number_in(o, "seed", 0, 9007199254740991.0, true));
       p.in = array_field<T>(o, backward ? "dout" : "x", type, p.n);
       p.out = array_field<T>(o, backward ? "dx" : "out", type, p.n);
-      ref ? reference_dropout_apply(p) : dropout_apply(p);
+      if (on_gpu(o, ref)) {
+        if constexpr (kFloat<T>) cuda::dropout_apply(p);
+      } else {
+        ref ? reference_dropout_apply(p) : dropout_apply(p);
+      }
     }
   };
 };
@@ -185,10 +231,11 @@ EmbeddingParams<T> embedding_params(const Args& o, std::vector<int32_t>& ids) {
   checked_product(o.Env(), {p.n, p.d});
   checked_product(o.Env(), {p.V, p.d});
   p.ids = int32_field(o, "ids", p.n, ids);
-  for (int64_t i = 0; i < p.n; ++i)
-    if (p.ids[i] < 0 || p.ids[i] >= p.V)
-      throw range_error(o, "ids[" + std::to_string(i) + "] = " + std::to_string(p.ids[i]) + " is out of range [0, " +
-                               std::to_string(p.V) + ")");
+  if (!o.on_cuda())  // device ids: see int32_field
+    for (int64_t i = 0; i < p.n; ++i)
+      if (p.ids[i] < 0 || p.ids[i] >= p.V)
+        throw range_error(o, "ids[" + std::to_string(i) + "] = " + std::to_string(p.ids[i]) + " is out of range [0, " +
+                                 std::to_string(p.V) + ")");
   return p;
 }
 
@@ -199,7 +246,11 @@ struct EmbeddingForward {
     EmbeddingParams<T> p = embedding_params<T>(o, ids);
     p.weight = array_field<T>(o, "weight", type, p.V * p.d);
     p.out = array_field<T>(o, "out", type, p.n * p.d);
-    ref ? reference_embedding_forward(p) : embedding_forward(p);
+    if (on_gpu(o, ref)) {
+      if constexpr (kFloat<T>) cuda::embedding_forward(p);
+    } else {
+      ref ? reference_embedding_forward(p) : embedding_forward(p);
+    }
   }
 };
 
@@ -211,7 +262,11 @@ struct EmbeddingBackward {
     p.padding_idx = is_absent(o.Get("paddingIdx")) ? -1 : static_cast<int64_t>(number_in(o, "paddingIdx", -1, double(p.V - 1), true));
     p.dout = array_field<T>(o, "dout", type, p.n * p.d);
     p.dweight = array_field<T>(o, "dweight", type, p.V * p.d);
-    ref ? reference_embedding_backward(p) : embedding_backward(p);
+    if (on_gpu(o, ref)) {
+      if constexpr (kFloat<T>) cuda::embedding_backward(p);
+    } else {
+      ref ? reference_embedding_backward(p) : embedding_backward(p);
+    }
   }
 };
 
@@ -227,12 +282,13 @@ CrossEntropyParams<T> cross_entropy_params(const Args& o, napi_typedarray_type t
   p.ignore_index = static_cast<int64_t>(number_in(o, "ignoreIndex", -9007199254740991.0, 9007199254740991.0, true));
   p.logits = array_field<T>(o, "logits", type, n);
   p.targets = int32_field(o, "targets", p.N, targets);
-  for (int64_t i = 0; i < p.N; ++i) {
-    const int64_t t = p.targets[i];
-    if (t != p.ignore_index && (t < 0 || t >= p.C))
-      throw range_error(o, "targets[" + std::to_string(i) + "] = " + std::to_string(t) + " is out of range [0, " +
-                               std::to_string(p.C) + ") and is not ignoreIndex");
-  }
+  if (!o.on_cuda())  // device targets: see int32_field
+    for (int64_t i = 0; i < p.N; ++i) {
+      const int64_t t = p.targets[i];
+      if (t != p.ignore_index && (t < 0 || t >= p.C))
+        throw range_error(o, "targets[" + std::to_string(i) + "] = " + std::to_string(t) + " is out of range [0, " +
+                                 std::to_string(p.C) + ") and is not ignoreIndex");
+    }
   p.lse = array_field<T>(o, "lse", type, p.N);
   return p;
 }
@@ -243,7 +299,11 @@ struct CrossEntropyForward {
     std::vector<int32_t> targets;
     CrossEntropyParams<T> p = cross_entropy_params<T>(o, type, targets);
     p.loss = array_field<T>(o, "loss", type, p.N);
-    ref ? reference_cross_entropy_forward(p) : cross_entropy_forward(p);
+    if (on_gpu(o, ref)) {
+      if constexpr (kFloat<T>) cuda::cross_entropy_forward(p);
+    } else {
+      ref ? reference_cross_entropy_forward(p) : cross_entropy_forward(p);
+    }
   }
 };
 
@@ -254,7 +314,11 @@ struct CrossEntropyBackward {
     CrossEntropyParams<T> p = cross_entropy_params<T>(o, type, targets);
     p.dloss = array_field<T>(o, "dloss", type, p.N);
     p.dlogits = array_field<T>(o, "dlogits", type, p.N * p.C);
-    ref ? reference_cross_entropy_backward(p) : cross_entropy_backward(p);
+    if (on_gpu(o, ref)) {
+      if constexpr (kFloat<T>) cuda::cross_entropy_backward(p);
+    } else {
+      ref ? reference_cross_entropy_backward(p) : cross_entropy_backward(p);
+    }
   }
 };
 
