@@ -14,7 +14,9 @@
 import { LunaError, checkFunction, describe, formatShape, mismatch } from './errors';
 import { allocate, allocateUninit, sameShape } from './dtype';
 import type { Tensor } from './tensor';
-import { assertLive, checkSameMeta, checkTensor, floatData, makeTensor } from './tensor';
+import { assertLive, checkSameMeta, checkTensor, floatData, makeTensor, nativeData } from './tensor';
+import { cudaError, deviceClone, isDeviceArray, upload } from './device';
+import { giveBack } from './pool';
 import { loadNative } from './native';
 import { markKept } from './memory';
 
@@ -108,10 +110,17 @@ export function attachNode(
 function filled(t: Tensor, value: number): Tensor {
   const data = allocate('backward', t._dtype, t._size);
   if (value !== 0) data.fill(value);
+  if (t._device === 'cuda') {
+    const moved = upload('backward', data, t._dtype);
+    giveBack(data);
+    return makeTensor(moved, t._shape, t._dtype, 'cuda');
+  }
   return makeTensor(data, t._shape, t._dtype, t._device);
 }
 
 function clone(t: Tensor): Tensor {
+  const buf = nativeData(t, 'backward', 'gradient');
+  if (isDeviceArray(buf)) return makeTensor(deviceClone('backward', buf, t._dtype), t._shape, t._dtype, 'cuda');
   // A pooled buffer: a fresh slice() of a large gradient would page-fault every step.
   const src = floatData(t, 'backward', 'gradient');
   const copy = allocateUninit('backward', t._dtype, src.length) as Float32Array | Float64Array;
@@ -123,12 +132,16 @@ function clone(t: Tensor): Tensor {
 const NATIVE_ADD_MIN = 1 << 14;
 
 function addInto(dst: Tensor, src: Tensor): void {
-  const a = floatData(dst, 'backward', 'gradient');
-  const b = floatData(src, 'backward', 'gradient');
-  if (a.length >= NATIVE_ADD_MIN) {
+  const a = nativeData(dst, 'backward', 'gradient');
+  const b = nativeData(src, 'backward', 'gradient');
+  if (a.length >= NATIVE_ADD_MIN || isDeviceArray(a)) {
     // The same-shape add is one flat loop over the elements, so writing into `a` while reading
     // it is safe; the addon spreads it over the thread pool.
-    loadNative().elementwiseBinary({ op: 'add', a, b, out: a, shape: [a.length], aStrides: [1], bStrides: [1] });
+    try {
+      loadNative().elementwiseBinary({ op: 'add', a, b, out: a, shape: [a.length], aStrides: [1], bStrides: [1] });
+    } catch (err) {
+      throw cudaError('backward', err);
+    }
     return;
   }
   for (let i = 0; i < a.length; i++) a[i] += b[i];

@@ -24,6 +24,9 @@ import {
   isFloatDType,
 } from './dtype';
 import { Tensor, makeTensor } from './tensor';
+import { resolveDevice, upload } from './device';
+import type { DeviceArray } from './native';
+import { giveBack } from './pool';
 import { Rng, randomSeed } from './random';
 
 /** Nested arrays of numbers (or booleans for bool tensors), any depth. */
@@ -90,7 +93,7 @@ function commonOptions(
   defaultDType: DType,
 ): { dtype: DType; device: Device; requiresGrad: boolean } {
   const dtype = opts.dtype === undefined ? defaultDType : checkDType(where, 'options.dtype', opts.dtype);
-  const device = opts.device === undefined ? 'cpu' : checkDevice(where, 'options.device', opts.device);
+  const device = resolveDevice(where, 'options.device', opts.device);
   const requiresGrad =
     opts.requiresGrad === undefined ? false : checkBoolean(where, 'options.requiresGrad', opts.requiresGrad);
   if (requiresGrad && !isFloatDType(dtype)) {
@@ -106,7 +109,13 @@ function commonOptions(
 }
 
 function finish(data: AnyTypedArray, shape: readonly number[], dtype: DType, device: Device, requiresGrad: boolean): Tensor {
-  const t = makeTensor(data, shape, dtype, device);
+  // A cuda tensor is built on the host and copied over once; the host buffer goes back to the pool.
+  let buffer: AnyTypedArray | DeviceArray = data;
+  if (device === 'cuda') {
+    buffer = upload('tensor', data, dtype);
+    giveBack(data);
+  }
+  const t = makeTensor(buffer, shape, dtype, device);
   t._requiresGrad = requiresGrad;
   return t;
 }

@@ -6,7 +6,6 @@
  * @packageDocumentation
  */
 import { LunaError, checkNonNegativeInt, describe, formatShape, mismatch } from './errors';
-import { tryLoadNative } from './native';
 import { takeBuffer } from './pool';
 
 /**
@@ -18,8 +17,8 @@ export type DType = 'float32' | 'float64' | 'bool' | 'int32';
 /** The floating-point element types: the only ones that take part in math and autograd. */
 export type FloatDType = 'float32' | 'float64';
 
-/** Where a tensor lives. `cuda` is reserved: the CUDA kernels are not wired into lib/ yet. */
-export type Device = 'cpu' | 'cuda';
+export type { Device } from './device';
+export { DEVICES, checkDevice } from './device';
 
 /** The buffer type of each dtype. */
 export interface DTypeArrayMap {
@@ -38,8 +37,6 @@ export type AnyTypedArray = Float32Array | Float64Array | Uint8Array | Int32Arra
 /** All dtypes, in the order messages list them. */
 export const DTYPES: readonly DType[] = ['float32', 'float64', 'bool', 'int32'];
 
-/** All device names, in the order messages list them. */
-export const DEVICES: readonly Device[] = ['cpu', 'cuda'];
 
 /**
  * The largest element count a tensor may have. Kernels index with 32-bit signed offsets in
@@ -61,38 +58,6 @@ export function checkDType(where: string, arg: string, value: unknown): DType {
 /** True for the floating-point dtypes. */
 export function isFloatDType(dtype: DType): dtype is FloatDType {
   return dtype === 'float32' || dtype === 'float64';
-}
-
-/** The reason a `cuda` request fails, from the addon when it can say. */
-function cudaUnavailableReason(): string {
-  const addon = tryLoadNative();
-  if (addon === null) return 'the native addon could not be loaded, so CUDA cannot be probed';
-  let reason = '';
-  try {
-    const info = addon.cudaInfo();
-    if (!info.available && info.reason) reason = info.reason;
-  } catch {
-    // A failing probe must not replace the error we are about to raise.
-  }
-  return reason || 'CUDA kernels are not built yet';
-}
-
-/**
- * Throws unless `value` names a usable device. `'cuda'` is a known name but always fails with
- * ERR_DEVICE_UNAVAILABLE for now (with the addon's reason); an unknown name is ERR_DEVICE.
- */
-export function checkDevice(where: string, arg: string, value: unknown): Device {
-  if (typeof value !== 'string') {
-    throw mismatch('ERR_ARGUMENT', where, arg, `one of ${DEVICES.join(', ')}`, describe(value));
-  }
-  if (value === 'cpu') return 'cpu';
-  if (value === 'cuda') {
-    throw new LunaError(
-      'ERR_DEVICE_UNAVAILABLE',
-      `${where}: ${arg} "cuda" is not available: ${cudaUnavailableReason()}`,
-    );
-  }
-  throw mismatch('ERR_DEVICE', where, arg, `one of ${DEVICES.join(', ')}`, describe(value));
 }
 
 /**

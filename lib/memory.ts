@@ -123,11 +123,12 @@ const storageRegistry = new FinalizationRegistry<number>((bytes) => {
  * Internal (tensor.ts): a tensor was created over `storage`, holding one reference to its
  * buffer `data`. Returns the ticket to hand back to {@link noteTensorDisposed}.
  */
-export function noteTensorCreated(t: TensorLike, storage: Releasable, data: AnyTypedArray): Ticket {
+export function noteTensorCreated(t: TensorLike, storage: Releasable, data: AnyTypedArray | object): Ticket {
   liveTensors++;
   tensors.add(t);
   let ticket = NO_HOLD;
-  if (isRecyclable(data) && heldBytes + data.byteLength <= HOLD_LIMIT_BYTES) {
+  // Device memory is not held here: its JS object's finalizer gives the block back.
+  if (ArrayBuffer.isView(data) && isRecyclable(data as AnyTypedArray) && heldBytes + data.byteLength <= HOLD_LIMIT_BYTES) {
     ticket = { storage, bytes: data.byteLength };
     heldBytes += data.byteLength;
   }

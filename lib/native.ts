@@ -15,6 +15,44 @@ import type { CausalNative, ElementwiseNative, GemmNative, NnNative, SoftmaxNati
 /** A float buffer as the kernels take it; all float arrays of one call share one type. */
 export type FloatArray = Float32Array | Float64Array;
 
+/**
+ * A block of device memory owned by a JS object (native/bindings/cuda_binding.cc). Kernels take
+ * it wherever they take a typed array, and then run on the GPU. `release()` gives the block back
+ * to the caching allocator at once; the garbage collector does it otherwise.
+ */
+export interface DeviceArray {
+  readonly length: number;
+  readonly byteLength: number;
+  readonly type: 'float32' | 'uint8' | 'int32';
+  readonly released: boolean;
+  release(): void;
+}
+
+/** The CUDA caching allocator's counters. */
+export interface NativeCudaMemory {
+  allocatedBytes: number;
+  reservedBytes: number;
+  peakAllocatedBytes: number;
+  cachedBlocks: number;
+  deviceMallocs: number;
+  deviceFrees: number;
+}
+
+/** Device memory and copies (native/bindings/cuda_binding.cc). */
+export interface CudaNative {
+  DeviceArray: new (type: 'float32' | 'uint8' | 'int32', length: number) => DeviceArray;
+  cudaUpload(data: Float32Array | Uint8Array | Int32Array): DeviceArray;
+  cudaDownload(src: DeviceArray, dst: Float32Array | Uint8Array | Int32Array): void;
+  cudaDownloadAsync(src: DeviceArray, dst: Float32Array | Uint8Array | Int32Array): Promise<void>;
+  cudaCopy(dst: DeviceArray, src: DeviceArray): void;
+  cudaZero(dst: DeviceArray): void;
+  cudaSynchronize(): void;
+  cudaMemoryStats(): NativeCudaMemory;
+  cudaEmptyCache(): void;
+  cudaResetPeak(): void;
+  cudaDeviceInfo(): { name: string; computeCapability: string; multiprocessors: number; totalMemory: number; emulated: boolean };
+}
+
 /** Arguments of the four forward kernels and of `referenceForward`. */
 export interface AttentionForwardArgs {
   /** [B,h,lq,dh] */
@@ -74,7 +112,7 @@ export interface NativeCudaInfo {
 }
 
 /** The functions the addon exports (native/INTERFACE.md). All are synchronous. */
-export interface NativeAddon extends GemmNative, ElementwiseNative, NnNative, CausalNative, SoftmaxNative {
+export interface NativeAddon extends CudaNative, GemmNative, ElementwiseNative, NnNative, CausalNative, SoftmaxNative {
   packForward(args: AttentionForwardArgs): void;
   unpackForward(args: AttentionForwardArgs): void;
   packBackward(args: AttentionBackwardArgs): void;
@@ -125,6 +163,15 @@ const REQUIRED_FUNCTIONS: readonly (keyof NativeAddon)[] = [
   // ---- softmax attention (issue 7): softmax helper's lines ----
   'softmaxForward',
   'softmaxBackward',
+  // ---- device memory (issue 4) ----
+  'DeviceArray',
+  'cudaUpload',
+  'cudaDownload',
+  'cudaDownloadAsync',
+  'cudaCopy',
+  'cudaZero',
+  'cudaMemoryStats',
+  'cudaEmptyCache',
 ];
 
 /**
@@ -215,9 +262,12 @@ function tryLoad(): NativeAddon {
   }
   // Resolve first and load second (what node-gyp-build itself does in one step), so the path of
   // the binary in use can be reported by `nativeBinaryPath()` and `luna-attention doctor`.
+  // LUNA_ADDON names a binary to load instead (another build of the addon: the tests load the
+  // CUDA-emulator build this way).
   let file: string;
+  const override = process.env.LUNA_ADDON;
   try {
-    file = nodeGypBuild.resolve(root);
+    file = override ? path.resolve(override) : nodeGypBuild.resolve(root);
   } catch (err) {
     throw loadError('no compatible binary was found', root, err);
   }

@@ -4,8 +4,7 @@
  * A tensor is a view of a reference-counted {@link Storage}: `detach()` shares the storage,
  * autograd nodes retain the storages they save, and `dispose()` drops this tensor's reference.
  * When the last reference goes, a pooled buffer returns to the pool (lib/pool.ts) for the next
- * op; the counting is also what will let device memory be freed deterministically once CUDA
- * tensors exist. `tidy()` scopes dispose what they created; a tensor that is garbage collected
+ * op, and a device block returns to the CUDA caching allocator (lib/device.ts). `tidy()` scopes dispose what they created; a tensor that is garbage collected
  * without `dispose()` is counted gone and, within limits, has its reference released for it
  * (lib/memory.ts explains the limits).
  *
@@ -30,7 +29,9 @@ import {
 } from './dtype';
 import { inspect } from 'node:util';
 import type { GradNode } from './autograd';
-import { runBackward } from './autograd';
+import { attachNode, runBackward, shouldRecord } from './autograd';
+import { DeviceArray } from './native';
+import { download, downloadAsync, isDeviceArray, upload } from './device';
 import { giveBack } from './pool';
 import { markKept, noteStorageCreated, noteStorageReleased, noteTensorCreated, noteTensorDisposed } from './memory';
 import type { Ticket } from './memory';
@@ -53,19 +54,23 @@ if (typeof (Symbol as { dispose?: unknown }).dispose !== 'symbol') {
  */
 export type GradHook = (grad: Tensor) => Tensor | void | undefined | null;
 
+/** What a storage holds: host memory (a typed array) or device memory (lib/device.ts). */
+export type TensorBuffer = AnyTypedArray | DeviceArray;
+
 /** A reference-counted buffer shared by a tensor, its detached views and saved-for-backward copies. */
 export class Storage {
-  private buffer: AnyTypedArray | null;
+  private buffer: TensorBuffer | null;
   private refs = 1;
 
   /** @param data - the buffer; the storage takes ownership of it */
-  constructor(data: AnyTypedArray) {
+  constructor(data: TensorBuffer) {
     this.buffer = data;
-    noteStorageCreated(this, data.byteLength);
+    // liveBytes and peakBytes count host memory; the CUDA allocator keeps its own counters.
+    noteStorageCreated(this, isDeviceArray(data) ? 0 : data.byteLength);
   }
 
   /** The buffer, or null once every reference has been released. */
-  get data(): AnyTypedArray | null {
+  get data(): TensorBuffer | null {
     return this.buffer;
   }
 
@@ -86,7 +91,11 @@ export class Storage {
       const buffer = this.buffer;
       this.buffer = null;
       // Nothing can reach the buffer any more: let the pool hand it to the next op.
-      if (buffer !== null) {
+      if (buffer !== null && isDeviceArray(buffer)) {
+        // Back to the caching allocator now, not when the collector finds the object.
+        noteStorageReleased(this, 0);
+        buffer.release();
+      } else if (buffer !== null) {
         noteStorageReleased(this, buffer.byteLength);
         giveBack(buffer);
       }
@@ -150,7 +159,7 @@ export class Tensor {
     this._size = shapeSize(this._shape);
     // Counts the tensor, lets the innermost tidy scope track it, and arranges for its storage
     // reference to be released should it be garbage collected without dispose().
-    this._ticket = noteTensorCreated(this, storage, storage.data as AnyTypedArray);
+    this._ticket = noteTensorCreated(this, storage, storage.data as TensorBuffer);
   }
 
   /** The dimensions, outermost first; `[]` for a scalar. The array is frozen. */
@@ -244,29 +253,54 @@ export class Tensor {
     this._grad = value;
   }
 
-  /** A copy of the data as a typed array (Float32Array, Float64Array, or Uint8Array for bool). */
+  /**
+   * A copy of the data as a typed array (Float32Array, Float64Array, Uint8Array for bool,
+   * Int32Array for int32). For a CUDA tensor this waits for the queued GPU work and blocks the
+   * thread meanwhile; prefer {@link Tensor.data} in a server.
+   */
   dataSync(): AnyTypedArray {
-    return tensorData(this, 'dataSync').slice();
+    const data = assertLive(this, 'dataSync').data as TensorBuffer;
+    return isDeviceArray(data) ? download('dataSync', data, this._dtype) : data.slice();
   }
 
-  /** The asynchronous form of {@link Tensor.dataSync}; resolves to a copy of the data. */
+  /**
+   * The asynchronous form of {@link Tensor.dataSync}; resolves to a copy of the data. For a CUDA
+   * tensor the copy is queued at once (so later writes do not show in it) and the wait for the
+   * GPU happens off the event loop.
+   */
   data(): Promise<AnyTypedArray> {
-    // Validate synchronously and copy now, so a dispose() right after the call cannot race
-    // with the read.
+    // Validate synchronously and start the copy now, so a dispose() right after the call cannot
+    // race with the read.
     try {
-      return Promise.resolve(tensorData(this, 'data').slice());
+      const storage = assertLive(this, 'data');
+      const data = storage.data as TensorBuffer;
+      if (!isDeviceArray(data)) return Promise.resolve(data.slice());
+      // Keep the block alive (not handed to another tensor) until the copy is done.
+      storage.retain();
+      const pending = downloadAsync('data', data, this._dtype);
+      return pending.finally(() => storage.release());
     } catch (err) {
       return Promise.reject(err);
     }
   }
 
-  /** Returns this tensor on `device`: itself for its own device. `'cuda'` is not available yet. */
+  /**
+   * This tensor on `device`: itself when it is there already, else a copy (the only way data
+   * moves between devices; ops never move it implicitly). Gradients flow back through the copy
+   * to this tensor. float64 tensors stay on the CPU (ERR_DTYPE for `'cuda'`).
+   */
   to(device: Device): Tensor {
-    assertLive(this, 'to');
+    const storage = assertLive(this, 'to');
     const target = checkDevice('to', 'device', device);
     if (target === this._device) return this;
-    // Unreachable while only the CPU exists; kept so a future device fails loudly, not silently.
-    throw mismatch('ERR_DEVICE', 'to', 'device', this._device, target);
+    const data = storage.data as TensorBuffer;
+    const moved = isDeviceArray(data) ? download('to', data, this._dtype) : upload('to', data, this._dtype);
+    const out = new Tensor(INTERNAL, new Storage(moved), this._shape, this._dtype, target);
+    if (shouldRecord([this])) {
+      const source = this._device;
+      attachNode(out, 'to', [this], (g) => [g.to(source)], () => {});
+    }
+    return out;
   }
 
   /** A new leaf that shares this tensor's data but not its graph (requiresGrad false). */
@@ -340,7 +374,8 @@ export class Tensor {
   /** @internal How Node's util.inspect and console.log show a tensor. */
   [inspect.custom](): string {
     const data = this._storage?.data;
-    if (data === null || data === undefined) return this.toString();
+    // A CUDA tensor's values would need a device copy; printing must not synchronise the GPU.
+    if (data === null || data === undefined || isDeviceArray(data)) return this.toString();
     const head = Array.from(data.subarray(0, 6), (x) => String(x)).join(', ');
     return `${this.toString()} [${head}${data.length > 6 ? ', ...' : ''}]`;
   }
@@ -351,11 +386,20 @@ export class Tensor {
  * The caller guarantees that `data.length` matches the shape and the buffer type the dtype.
  */
 export function makeTensor(
-  data: AnyTypedArray,
+  data: TensorBuffer,
   shape: readonly number[],
   dtype: DType,
   device: Device = 'cpu',
 ): Tensor {
+  if (device === 'cuda' && !isDeviceArray(data)) {
+    // Small tensors built on the host for a cuda computation (masks, counts) are copied over
+    // here, once, so no caller can label host memory as device memory.
+    const moved = upload('tensor', data, dtype);
+    giveBack(data);
+    data = moved;
+  } else if (device === 'cpu' && isDeviceArray(data)) {
+    throw new LunaError('ERR_DEVICE', 'internal: device memory wrapped as a cpu tensor');
+  }
   return new Tensor(INTERNAL, new Storage(data), shape, dtype, device);
 }
 
@@ -372,16 +416,33 @@ export function assertLive(t: Tensor, where: string, arg = 'tensor'): Storage {
 }
 
 /**
- * Internal accessor for ops: the tensor's live buffer (not a copy; ops must not write into
- * inputs). Throws ERR_DISPOSED naming the op and the argument.
+ * Internal accessor for code that reads the values in JS: the tensor's live host buffer (not a
+ * copy; ops must not write into inputs). Throws ERR_DISPOSED naming the op and the argument, and
+ * ERR_DEVICE for a CUDA tensor (such code runs on the CPU only; the message says how to move it).
  */
 export function tensorData(t: Tensor, where: string, arg = 'tensor'): AnyTypedArray {
-  return assertLive(t, where, arg).data as AnyTypedArray;
+  const data = assertLive(t, where, arg).data as TensorBuffer;
+  if (isDeviceArray(data)) {
+    throw new LunaError(
+      'ERR_DEVICE',
+      `${where}: ${arg} is a cuda tensor, and this runs on the CPU only; move it with .to('cpu') first`,
+    );
+  }
+  return data;
 }
 
-/** Internal: the float buffer of a float tensor (callers have checked the dtype). */
+/** Internal: the float buffer of a float tensor (callers have checked the dtype); host only. */
 export function floatData(t: Tensor, where: string, arg = 'tensor'): Float32Array | Float64Array {
   return tensorData(t, where, arg) as Float32Array | Float64Array;
+}
+
+/**
+ * Internal accessor for ops that hand the buffer to a kernel: a typed array for a CPU tensor, a
+ * DeviceArray for a CUDA one (the kernel then runs on the GPU). Typed as a float array because
+ * the kernels' argument types are; never index it in JS.
+ */
+export function nativeData(t: Tensor, where: string, arg = 'tensor'): Float32Array | Float64Array {
+  return assertLive(t, where, arg).data as unknown as Float32Array | Float64Array;
 }
 
 /** Internal: throws ERR_ARGUMENT unless `value` is a Tensor, and ERR_DISPOSED when it is disposed. */

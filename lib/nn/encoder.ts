@@ -194,7 +194,7 @@ export class LunaEncoder extends Module {
       throw mismatch('ERR_SHAPE', where, 'positionOffset + tokens.shape[1]', `at most maxPositions (${this.maxPositions})`, String(offset + n));
     }
     if (B === 0 || n === 0) throw mismatch('ERR_SHAPE', where, 'tokens.shape', 'a non-empty batch', `[${B},${n}]`);
-    const ids = tensorData(tokens, where, 'tokens') as Int32Array;
+    const ids = (tokens.device === 'cuda' ? tokens.dataSync() : tensorData(tokens, where, 'tokens')) as Int32Array;
 
     // Padding: every token equal to paddingIdx. Lengths count the unpadded tokens (the
     // reference assumes right padding).

@@ -42,7 +42,7 @@ function stepLogits(model: LunaSeq2Seq, state: LunaDecoderState, tokens: Int32Ar
   const logits = model.decoder.step(input, state);
   input.dispose();
   const V = logits.shape[2];
-  const data = floatData(logits, 'generate').slice();
+  const data = logits.dataSync() as Float32Array | Float64Array;
   logits.dispose();
   return { data, V };
 }

@@ -5,8 +5,11 @@
  * @packageDocumentation
  */
 import { LunaError, checkFunction, checkOptions, describe, formatShape, mismatch } from '../errors';
-import { Device, FloatDType, checkDevice, sameShape } from '../dtype';
-import { Tensor, checkTensor, makeTensor, tensorData } from '../tensor';
+import { Device, FloatDType, sameShape } from '../dtype';
+import { Tensor, assertLive, checkTensor, makeTensor, nativeData } from '../tensor';
+import { isDeviceArray, resolveDevice, upload } from '../device';
+import { giveBack } from '../pool';
+import { copyBuffer } from '../ops/common';
 import { allocate } from '../dtype';
 import { Rng, randomSeed } from '../random';
 import { markKept } from '../memory';
@@ -15,7 +18,7 @@ import { markKept } from '../memory';
 export interface ModuleOptions {
   /** Parameter dtype: float32 (default) or float64 (for gradchecks and parity tests). */
   dtype?: FloatDType;
-  /** Parameter device; only 'cpu' has kernels today. */
+  /** Parameter device (default: LUNA_DEVICE, else 'cpu'); 'cuda' needs a usable GPU and float32. */
   device?: Device;
   /** Seed of the parameter initialisation; omitted, a random one is drawn. */
   seed?: number;
@@ -45,7 +48,10 @@ export function resolveModuleOptions(where: string, opts: Record<string, unknown
     }
     dtype = opts.dtype;
   }
-  const device = opts.device === undefined ? 'cpu' : checkDevice(where, 'options.device', opts.device);
+  const device = resolveDevice(where, 'options.device', opts.device);
+  if (device === 'cuda' && dtype === 'float64') {
+    throw mismatch('ERR_DTYPE', where, 'options.dtype', "'float32' on cuda (float64 modules run on the CPU only)", 'float64');
+  }
   let seed: number;
   if (opts.seed === undefined) seed = randomSeed();
   else if (typeof opts.seed === 'number' && Number.isSafeInteger(opts.seed)) seed = opts.seed;
@@ -168,7 +174,16 @@ export abstract class Module {
       }
     }
     for (const [name, p] of params) {
-      (tensorData(p, where) as Float32Array | Float64Array).set(tensorData(state[name], where) as Float32Array | Float64Array);
+      const src = state[name];
+      const dst = assertLive(p, where).data;
+      if (isDeviceArray(dst)) {
+        // A state dict from anywhere (a file is on the CPU) loads into cuda parameters.
+        const moved = src.device === 'cuda' ? src : src.to('cuda');
+        copyBuffer(where, dst as unknown as Float32Array, nativeData(moved, where));
+        if (moved !== src) moved.dispose();
+      } else {
+        (dst as Float32Array | Float64Array).set(src.dataSync() as Float32Array | Float64Array);
+      }
     }
   }
 
@@ -230,6 +245,12 @@ export function parameterTensor(
   const size = shape.reduce((a, b) => a * b, 1);
   const data = allocate(where, resolved.dtype, size) as Float32Array | Float64Array;
   fill(data, resolved.rng);
+  if (resolved.device === 'cuda') {
+    // Initialised on the host (same values as on the CPU for a given seed), then copied once.
+    const moved = upload(where, data, resolved.dtype);
+    giveBack(data);
+    return makeTensor(moved, shape, resolved.dtype, 'cuda');
+  }
   return makeTensor(data, shape, resolved.dtype, resolved.device);
 }
 

@@ -16,7 +16,8 @@ export function selectRows(t: Tensor, indices: readonly number[]): Tensor {
   const where = 'selectRows';
   const rows = t.shape[0];
   const rowSize = t.size / Math.max(rows, 1);
-  const src = tensorData(t, where, 't');
+  // (A cuda tensor is gathered on the host: beam reordering moves small caches once per step.)
+  const src = t.device === 'cuda' ? t.dataSync() : tensorData(t, where, 't');
   const out = allocate(where, t.dtype, indices.length * rowSize);
   indices.forEach((r, i) => {
     if (!Number.isInteger(r) || r < 0 || r >= rows) {

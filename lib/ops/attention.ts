@@ -9,10 +9,10 @@
 import { LunaError, checkFinite, checkInteger, checkOptions, describe, formatShape, mismatch } from '../errors';
 import { nextSeed } from '../seed';
 import { DType, Device, allocate, isFloatDType } from '../dtype';
-import { Storage, Tensor, assertLive, checkTensor, floatData, makeTensor, tensorData } from '../tensor';
+import { Storage, Tensor, assertLive, checkTensor, floatData, makeTensor, nativeData, tensorData } from '../tensor';
 import { attachNode, shouldRecord } from '../autograd';
 import { AttentionBackwardArgs, AttentionForwardArgs, FloatArray, loadNative } from '../native';
-import { outputBuffer, runKernel } from './common';
+import { cloneBuffer, fillBuffer, outputBuffer, runKernel } from './common';
 
 /** Options of `packAttention` and `unpackAttention`. */
 export interface AttentionOptions {
@@ -145,26 +145,26 @@ function attention(kind: Kind, qIn: Tensor, kIn: Tensor, vIn: Tensor, options?: 
   // Tied key/value is recognised by object identity: the kernel then reads one buffer and
   // writes one summed gradient, and the graph records k once so it is not counted twice.
   const tied = k === v;
-  const qData = floatData(q, op, 'q');
-  const kData = floatData(k, op, 'k');
-  let vData = tied ? kData : floatData(v, op, 'v');
+  const qData = nativeData(q, op, 'q');
+  const kData = nativeData(k, op, 'k');
+  let vData = tied ? kData : nativeData(v, op, 'v');
   if (!tied && vData === kData) {
     // Distinct tensors sharing one buffer (e.g. v = k.detach()): their gradients differ, so
     // hide the aliasing from the kernel, which would otherwise take the tied path.
-    vData = vData.slice();
+    vData = cloneBuffer(op, vData, dtype);
   }
-  const maskData = mask === null ? null : (tensorData(mask, op, 'options.keyPaddingMask') as Uint8Array);
+  const maskData = mask === null ? null : (nativeData(mask, op, 'options.keyPaddingMask') as unknown as Uint8Array);
 
-  const out = outputBuffer(op, dtype, B * h * lq * dh);
-  const lse = outputBuffer(op, dtype, B * h * lq);
+  const out = outputBuffer(op, dtype, B * h * lq * dh, device);
+  const lse = outputBuffer(op, dtype, B * h * lq, device);
   const fwd: AttentionForwardArgs = { q: qData, k: kData, v: vData, mask: maskData, out, lse, B, h, lq, lk, dh, scale };
   if (dropout > 0) {
     fwd.dropout = dropout;
     fwd.seed = seed;
   }
   if (addon === null) {
-    out.fill(0);
-    lse.fill(Number.NEGATIVE_INFINITY);
+    fillBuffer(op, out, 0);
+    fillBuffer(op, lse, Number.NEGATIVE_INFINITY);
   } else if (kind === 'pack') {
     runKernel(op, () => addon.packForward(fwd));
   } else {
@@ -188,15 +188,15 @@ function attention(kind: Kind, qIn: Tensor, kIn: Tensor, vIn: Tensor, options?: 
     if (saved === null) {
       throw new LunaError('ERR_DISPOSED', `${where}: the saved tensors were already released`);
     }
-    const dout = floatData(gradOut, where, 'gradient');
-    const dq = outputBuffer(where, dtype, q.size);
-    const dk = outputBuffer(where, dtype, k.size);
-    const dv = tied ? dk : (outputBuffer(where, dtype, v.size));
+    const dout = nativeData(gradOut, where, 'gradient');
+    const dq = outputBuffer(where, dtype, q.size, device);
+    const dk = outputBuffer(where, dtype, k.size, device);
+    const dv = tied ? dk : (outputBuffer(where, dtype, v.size, device));
     const args: AttentionBackwardArgs = { ...saved, dout, dq, dk, dv };
     if (addon === null) {
-      dq.fill(0);
-      dk.fill(0);
-      dv.fill(0);
+      fillBuffer(op, dq, 0);
+      fillBuffer(op, dk, 0);
+      fillBuffer(op, dv, 0);
     } else if (kind === 'pack') {
       runKernel(where, () => addon.packBackward(args));
     } else {

@@ -11,11 +11,11 @@ import { LunaError, checkFinite, checkInteger, checkOptions, describe, formatSha
 import { nextSeed } from '../seed';
 import { DType, Device, allocate, isFloatDType } from '../dtype';
 import { giveBack } from '../pool';
-import { Storage, Tensor, assertLive, checkTensor, floatData, makeTensor, tensorData } from '../tensor';
+import { Storage, Tensor, assertLive, checkTensor, floatData, makeTensor, nativeData, tensorData } from '../tensor';
 import { attachNode, shouldRecord } from '../autograd';
 import { FloatArray, loadNative } from '../native';
 import type { CausalBackwardArgs, CausalForwardArgs } from '../native-ops';
-import { outputBuffer, runKernel } from './common';
+import { cloneBuffer, fillBuffer, outputBuffer, runKernel } from './common';
 
 /** The feature map φ of the pack logits: softplus with β = ln 2, or elu + 1. */
 export type CausalActivation = 'softplus' | 'elu';
@@ -193,17 +193,17 @@ export function causalLunaAttention(q: Tensor, k: Tensor, v: Tensor, kc: Tensor,
   // Tied key/value is recognised by object identity (the kernel reads one buffer and writes one
   // summed gradient; the graph records k once).
   const tied = c.k === c.v;
-  const kData = floatData(c.k, OP, 'k');
-  let vData = tied ? kData : floatData(c.v, OP, 'v');
+  const kData = nativeData(c.k, OP, 'k');
+  let vData = tied ? kData : nativeData(c.v, OP, 'v');
   // Distinct tensors sharing one buffer: hide the aliasing, which the kernel would take for tied.
-  if (!tied && vData === kData) vData = vData.slice();
+  if (!tied && vData === kData) vData = cloneBuffer(OP, vData, dtype);
   const base = {
-    q: floatData(c.q, OP, 'q'),
+    q: nativeData(c.q, OP, 'q'),
     k: kData,
     v: vData,
-    kc: floatData(c.kc, OP, 'kc'),
-    pq: floatData(c.pq, OP, 'pq'),
-    mask: mask === null ? null : (tensorData(mask, OP, 'options.packPaddingMask') as Uint8Array),
+    kc: nativeData(c.kc, OP, 'kc'),
+    pq: nativeData(c.pq, OP, 'pq'),
+    mask: mask === null ? null : (nativeData(mask, OP, 'options.packPaddingMask') as unknown as Uint8Array),
     B,
     h,
     n,
@@ -214,8 +214,8 @@ export function causalLunaAttention(q: Tensor, k: Tensor, v: Tensor, kc: Tensor,
     ...(dropout > 0 ? { dropout, seed } : {}),
     ...(chunkForTesting !== undefined ? { chunk: chunkForTesting } : {}),
   };
-  const out = outputBuffer(OP, dtype, B * h * n * dh);
-  if (addon === null) out.fill(0);
+  const out = outputBuffer(OP, dtype, B * h * n * dh, device);
+  if (addon === null) fillBuffer(OP, out, 0);
   else runKernel(OP, () => addon.causalForward({ ...base, out } as CausalForwardArgs));
   const result = makeTensor(out, [B, h, n, dh], dtype, device);
 
@@ -233,15 +233,15 @@ export function causalLunaAttention(q: Tensor, k: Tensor, v: Tensor, kc: Tensor,
     const where = `${OP} (backward)`;
     if (saved === null) throw new LunaError('ERR_DISPOSED', `${where}: the saved tensors were already released`);
     const size = B * h * n * dh;
-    const dq = outputBuffer(where, dtype, size);
-    const dk = outputBuffer(where, dtype, size);
-    const dv = tied ? dk : outputBuffer(where, dtype, size);
-    const dkc = outputBuffer(where, dtype, size);
-    const dpq = outputBuffer(where, dtype, B * h * l * dh);
+    const dq = outputBuffer(where, dtype, size, device);
+    const dk = outputBuffer(where, dtype, size, device);
+    const dv = tied ? dk : outputBuffer(where, dtype, size, device);
+    const dkc = outputBuffer(where, dtype, size, device);
+    const dpq = outputBuffer(where, dtype, B * h * l * dh, device);
     if (addon === null) {
-      for (const g of [dq, dk, dv, dkc, dpq]) g.fill(0);
+      for (const g of [dq, dk, dv, dkc, dpq]) fillBuffer(OP, g, 0);
     } else {
-      const args = { ...saved, dout: floatData(gradOut, where, 'gradient'), dq, dk, dv, dkc, dpq } as CausalBackwardArgs;
+      const args = { ...saved, dout: nativeData(gradOut, where, 'gradient'), dq, dk, dv, dkc, dpq } as CausalBackwardArgs;
       runKernel(where, () => addon.causalBackward(args));
     }
     const shape = [B, h, n, dh];
@@ -380,7 +380,7 @@ export class CausalLunaState {
     checkShape4(where, 'q', qt, [B, h, 's', dh], "B,h,s,dh: the state's batch, heads and head width");
     for (const [name, t] of [['k', kt], ['v', vt], ['kc', kct]] as const) checkShape4(where, name, t, qt.shape, 'B,h,s,dh matching q');
     const s = qt.shape[2];
-    const out = outputBuffer(where, this.dtype, B * h * s * dh);
+    const out = outputBuffer(where, this.dtype, B * h * s * dh, 'cpu');
     if (B === 0 || h === 0 || s === 0 || dh === 0 || l === 0) {
       out.fill(0); // no slot at all: every row is fully masked
     } else {

@@ -13,10 +13,11 @@
  * @packageDocumentation
  */
 import { LunaError, describe, mismatch } from '../errors';
-import { AnyTypedArray, DType, FloatDType, allocateUninit, isFloatDType } from '../dtype';
+import { AnyTypedArray, DType, Device, FloatDType, allocate, allocateUninit, isFloatDType } from '../dtype';
+import { cudaError, deviceAlloc, deviceClone, download, isDeviceArray } from '../device';
 import { Storage, Tensor, assertLive, checkTensor, makeTensor } from '../tensor';
 import { attachNode, shouldRecord } from '../autograd';
-import { FloatArray } from '../native';
+import { FloatArray, loadNative } from '../native';
 import { poison } from '../testing';
 
 /**
@@ -46,10 +47,37 @@ export function sameKind(op: string, arg: string, t: Tensor, like: Tensor, likeN
  * A float output buffer whose every element the kernel will write: pooled (no zero fill, no
  * page faults on reuse) and NaN-filled when tests poison outputs, so a missed element shows.
  */
-export function outputBuffer(op: string, dtype: FloatDType | DType, size: number): FloatArray {
+export function outputBuffer(op: string, dtype: FloatDType | DType, size: number, device: Device): FloatArray {
+  // A device buffer is typed as a float array because the kernels' argument types are: it is
+  // only ever handed to a kernel, never indexed in JS.
+  if (device === 'cuda') return deviceAlloc(op, dtype, size, false) as unknown as FloatArray;
   const buf = allocateUninit(op, dtype, size) as FloatArray;
   poison(buf);
   return buf;
+}
+
+/** A zero-filled buffer on `device` (for outputs a kernel accumulates into, and empty sums). */
+export function zeroBuffer(op: string, dtype: FloatDType | DType, size: number, device: Device): FloatArray {
+  if (device === 'cuda') return deviceAlloc(op, dtype, size, true) as unknown as FloatArray;
+  return allocate(op, dtype, size) as FloatArray;
+}
+
+/** The device a buffer from {@link dataOf} or {@link outputBuffer} lives on. */
+export function deviceOfBuffer(buf: unknown): Device {
+  return isDeviceArray(buf) ? 'cuda' : 'cpu';
+}
+
+/** dst = src, for two buffers of one length on one device. */
+export function copyBuffer(op: string, dst: FloatArray, src: FloatArray): void {
+  if (isDeviceArray(dst)) {
+    try {
+      loadNative().cudaCopy(dst, src as never);
+    } catch (err) {
+      throw cudaError(op, err);
+    }
+  } else {
+    dst.set(src);
+  }
 }
 
 /** Wraps a freshly written buffer as a tensor with `like`'s dtype and device. */
@@ -57,9 +85,12 @@ export function wrap(data: AnyTypedArray, shape: readonly number[], like: Tensor
   return makeTensor(data, shape, like.dtype, like.device);
 }
 
-/** The live buffer of `t` (ops read inputs through this and never write into them). */
+/**
+ * The live buffer of `t` for a kernel call: a typed array on the CPU, a DeviceArray on cuda (ops
+ * read inputs through this and never write into them, nor index it in JS).
+ */
 export function dataOf(t: Tensor, op: string, arg = 'tensor'): FloatArray {
-  return assertLive(t, op, arg).data as FloatArray;
+  return assertLive(t, op, arg).data as unknown as FloatArray;
 }
 
 /** Runs a kernel, turning a binding's TypeError/RangeError into a LunaError that says whose fault it is. */
@@ -68,6 +99,7 @@ export function runKernel(op: string, run: () => void): void {
     run();
   } catch (err) {
     if (err instanceof LunaError) throw err;
+    if ((err as { code?: string })?.code === 'ERR_CUDA') throw cudaError(op, err);
     throw new LunaError(
       'ERR_ARGUMENT',
       `${op}: the native kernel refused its arguments (lib/ validation should have caught this; ` +
@@ -126,4 +158,39 @@ export function checkAxis(op: string, arg: string, axis: unknown, rank: number):
     throw mismatch('ERR_ARGUMENT', op, arg, `an integer axis in [${-rank}, ${rank - 1}]`, describe(axis));
   }
   return axis < 0 ? axis + rank : axis;
+}
+
+/** A copy of a buffer on its own device (to break aliasing between two inputs). */
+export function cloneBuffer(op: string, buf: FloatArray, dtype: DType): FloatArray {
+  if (isDeviceArray(buf)) return deviceClone(op, buf, dtype) as unknown as FloatArray;
+  return buf.slice();
+}
+
+/** Sets every element of a buffer (host or device) to `value`. */
+export function fillBuffer(op: string, buf: FloatArray, value: number): void {
+  if (!isDeviceArray(buf)) {
+    buf.fill(value);
+    return;
+  }
+  const addon = loadNative();
+  try {
+    if (value === 0) {
+      addon.cudaZero(buf);
+    } else {
+      const src = addon.cudaUpload(new Float32Array(buf.length).fill(value));
+      addon.cudaCopy(buf, src);
+      src.release();
+    }
+  } catch (err) {
+    throw cudaError(op, err);
+  }
+}
+
+/**
+ * The values of `t` on the host, for checks that must read them in JS (ids, targets): the
+ * tensor's own buffer on the CPU, a copy on cuda (which waits for the GPU).
+ */
+export function hostValues(t: Tensor, op: string, arg = 'tensor'): AnyTypedArray {
+  const data = assertLive(t, op, arg).data;
+  return isDeviceArray(data) ? download(op, data, t.dtype) : (data as AnyTypedArray);
 }

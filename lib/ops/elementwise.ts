@@ -12,7 +12,7 @@ import { checkBoolean, checkFinite, checkOptions, describe, formatShape, mismatc
 import { DType, allocate, checkShape, sameShape, shapeSize } from '../dtype';
 import { Tensor } from '../tensor';
 import { FloatArray, loadNative } from '../native';
-import { checkAxis, dataOf, floatInput, outputBuffer, record, runKernel, wrap } from './common';
+import { checkAxis, copyBuffer, dataOf, deviceOfBuffer, floatInput, outputBuffer, record, runKernel, wrap, zeroBuffer } from './common';
 
 /** The largest rank the addon's strided kernels take (after fusing dims, see {@link simplifyWalk}). */
 const MAX_KERNEL_RANK = 8;
@@ -96,7 +96,7 @@ export function stridedCopyData(
   strides: readonly number[],
   dtype: DType,
 ): FloatArray {
-  const out = outputBuffer(where, dtype, shapeSize(outShape));
+  const out = outputBuffer(where, dtype, shapeSize(outShape), deviceOfBuffer(x));
   if (out.length === 0) return out;
   const walk = simplifyWalk(where, outShape, [strides]);
   const addon = loadNative();
@@ -119,11 +119,11 @@ export function reduceTo(
   const off = shape.length - target.length;
   if (size === shapeSize(shape)) {
     // Nothing is summed (only size-1 dims differ): a copy.
-    const out = outputBuffer(where, dtype, size);
-    out.set(x);
+    const out = outputBuffer(where, dtype, size, deviceOfBuffer(x));
+    copyBuffer(where, out, x);
     return out;
   }
-  if (x.length === 0) return allocate(where, dtype, size) as FloatArray; // empty sums are 0
+  if (x.length === 0) return zeroBuffer(where, dtype, size, deviceOfBuffer(x)); // empty sums are 0
   // Group the dims into alternating kept and reduced runs, as the kernel does; this keeps any
   // rank within the kernel's limit unless kept and reduced dims alternate more than 8 times.
   const inDims: number[] = [];
@@ -141,7 +141,7 @@ export function reduceTo(
   if (inDims.length > MAX_KERNEL_RANK) {
     throw mismatch('ERR_SHAPE', where, 'the reduction', `at most ${MAX_KERNEL_RANK} alternating kept and summed runs of dims`, `${formatShape(shape)} -> ${formatShape(target)}`);
   }
-  const out = outputBuffer(where, dtype, size);
+  const out = outputBuffer(where, dtype, size, deviceOfBuffer(x));
   const addon = loadNative();
   const outShape = inDims.map((n, i) => (kept[i] ? n : 1));
   runKernel(where, () => addon.reduceSum({ x, out, shape: inDims, outShape }));
@@ -150,7 +150,7 @@ export function reduceTo(
 
 /** out[i] = s * x[i] + offset into a new buffer (or into `into`, which may be `x` itself). */
 function scaleData(where: string, x: FloatArray, s: number, offset: number, dtype: DType, into?: FloatArray): FloatArray {
-  const out = into ?? outputBuffer(where, dtype, x.length);
+  const out = into ?? outputBuffer(where, dtype, x.length, deviceOfBuffer(x));
   if (x.length === 0) return out;
   const addon = loadNative();
   runKernel(where, () => addon.scaleShift({ x, out, scale: s, offset }));
@@ -189,7 +189,7 @@ function binaryData(
   outShape: readonly number[],
   dtype: DType,
 ): FloatArray {
-  const out = outputBuffer(where, dtype, shapeSize(outShape));
+  const out = outputBuffer(where, dtype, shapeSize(outShape), deviceOfBuffer(a));
   if (out.length === 0) return out;
   const walk = simplifyWalk(where, outShape, [broadcastStrides(aShape, outShape), broadcastStrides(bShape, outShape)]);
   const addon = loadNative();

@@ -12,13 +12,6 @@ import { FloatArray, loadNative } from '../native';
 import type { GemmArgs } from '../native-ops';
 import { dataOf, floatInput, outputBuffer, record, runKernel, wrap } from './common';
 
-/** Refuses tensors not on the CPU: these kernels have no CUDA build yet. */
-function cpuOnly(op: string, arg: string, t: Tensor): void {
-  if (t.device !== 'cpu') {
-    throw mismatch('ERR_DEVICE', op, `${arg}.device`, 'cpu (no CUDA kernel for this op yet)', t.device);
-  }
-}
-
 /** The element count of `shape` (validated: refused past 2^31 - 1 before anything is allocated). */
 function sizeOf(op: string, what: string, shape: readonly number[]): number {
   return checkShape(op, what, shape as number[]).size;
@@ -26,7 +19,7 @@ function sizeOf(op: string, what: string, shape: readonly number[]): number {
 
 /** Runs the GEMM into a fresh (poisonable) buffer of `size` elements and returns it. */
 function gemmInto(op: string, like: Tensor, size: number, args: Omit<GemmArgs, 'c'>): FloatArray {
-  const c = outputBuffer(op, like.dtype, size);
+  const c = outputBuffer(op, like.dtype, size, like.device);
   runKernel(op, () => loadNative().gemm({ ...args, c }));
   return c;
 }
@@ -49,7 +42,6 @@ export function matmul(aIn: Tensor, bIn: Tensor): Tensor {
   const op = 'matmul';
   const a = floatInput(op, 'a', aIn);
   const b = floatInput(op, 'b', bIn, a, 'a');
-  cpuOnly(op, 'a', a);
   if (a.rank < 2) {
     throw mismatch('ERR_SHAPE', op, 'a.shape', '[..., M, K] (rank >= 2)', formatShape(a.shape));
   }
@@ -116,7 +108,6 @@ export function linear(xIn: Tensor, weightIn: Tensor, biasIn?: Tensor | null): T
   const x = floatInput(op, 'x', xIn);
   const weight = floatInput(op, 'weight', weightIn, x, 'x');
   const bias = biasIn === undefined || biasIn === null ? null : floatInput(op, 'bias', biasIn, x, 'x');
-  cpuOnly(op, 'x', x);
   if (x.rank < 1) {
     throw mismatch('ERR_SHAPE', op, 'x.shape', '[..., in] (rank >= 1)', formatShape(x.shape));
   }
@@ -159,7 +150,7 @@ export function linear(xIn: Tensor, weightIn: Tensor, biasIn?: Tensor | null): T
       grads[1] = wrap(dw, weight.shape, weight);
     }
     if (bias !== null && needs[2]) {
-      const db = outputBuffer(where, x.dtype, outF);
+      const db = outputBuffer(where, x.dtype, outF, x.device);
       runKernel(where, () => loadNative().columnSum({ x: gData, out: db, rows, cols: outF }));
       grads[2] = wrap(db, bias.shape, bias);
     }

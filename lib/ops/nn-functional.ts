@@ -11,7 +11,8 @@ import { allocate, checkShape } from '../dtype';
 import { Tensor, checkTensor, makeTensor, tensorData } from '../tensor';
 import { FloatArray, NativeAddon, loadNative } from '../native';
 import { manualSeed, nextSeed } from '../seed';
-import { dataOf, floatInput, outputBuffer, record, runKernel, wrap } from './common';
+import { dataOf, fillBuffer, floatInput, hostValues, outputBuffer, record, runKernel, wrap, zeroBuffer } from './common';
+import { upload } from '../device';
 
 /** Options of {@link layerNorm}. */
 export interface LayerNormOptions {
@@ -117,9 +118,9 @@ export function layerNorm(x: Tensor, weight: Tensor | null, bias: Tensor | null,
   if (eps < 0) throw mismatch('ERR_ARGUMENT', op, 'options.eps', 'a finite number >= 0', describe(eps));
 
   const { dtype } = xt;
-  const out = outputBuffer(op, dtype, xt.size);
-  const mean = outputBuffer(op, dtype, rows);
-  const rstd = outputBuffer(op, dtype, rows);
+  const out = outputBuffer(op, dtype, xt.size, xt.device);
+  const mean = outputBuffer(op, dtype, rows, xt.device);
+  const rstd = outputBuffer(op, dtype, rows, xt.device);
   const empty = xt.size === 0;
   if (!empty) {
     const addon = nnAddon(op);
@@ -148,7 +149,7 @@ export function layerNorm(x: Tensor, weight: Tensor | null, bias: Tensor | null,
     const wantDb = b !== null && needs[w === null ? 1 : 2];
     // Zero-filled for empty inputs, where the parameter gradients are 0 and no kernel runs.
     const buffer = (size: number): FloatArray =>
-      empty ? (allocate(where, dtype, size) as FloatArray) : outputBuffer(where, dtype, size);
+      empty ? zeroBuffer(where, dtype, size, xt.device) : outputBuffer(where, dtype, size, xt.device);
     const dx = wantDx ? buffer(xt.size) : null;
     const dw = wantDw ? buffer(d) : null;
     const db = wantDb ? buffer(d) : null;
@@ -188,7 +189,7 @@ type Activation = 'gelu' | 'relu';
 function activation(kind: Activation, x: Tensor): Tensor {
   const op = kind;
   const xt = floatInput(op, 'x', x);
-  const out = outputBuffer(op, xt.dtype, xt.size);
+  const out = outputBuffer(op, xt.dtype, xt.size, xt.device);
   const n = xt.size;
   if (n > 0) {
     const addon = nnAddon(op);
@@ -197,7 +198,7 @@ function activation(kind: Activation, x: Tensor): Tensor {
   }
   return record(wrap(out, xt.shape, xt), op, [xt], [xt], (g, _needs, [xData]) => {
     const where = `${op} (backward)`;
-    const dx = outputBuffer(where, xt.dtype, n);
+    const dx = outputBuffer(where, xt.dtype, n, xt.device);
     if (n > 0) {
       const addon = nnAddon(where);
       const args = { x: xData as FloatArray, dout: dataOf(g, where, 'gradient'), dx, n };
@@ -244,14 +245,14 @@ export function dropout(x: Tensor, p: number, options?: DropoutOptions): Tensor 
   const usedSeed = seed ?? nextSeed();
 
   const n = xt.size;
-  const out = outputBuffer(op, xt.dtype, n);
+  const out = outputBuffer(op, xt.dtype, n, xt.device);
   if (n > 0) {
     const addon = nnAddon(op);
     runKernel(op, () => addon.dropoutForward({ x: dataOf(xt, op, 'x'), out, n, p: prob, seed: usedSeed }));
   }
   return record(wrap(out, xt.shape, xt), op, [xt], [], (g) => {
     const where = `${op} (backward)`;
-    const dx = outputBuffer(where, xt.dtype, n);
+    const dx = outputBuffer(where, xt.dtype, n, xt.device);
     if (n > 0) {
       const addon = nnAddon(where);
       runKernel(where, () =>
@@ -283,9 +284,11 @@ export function embedding(ids: Tensor, weight: Tensor, options?: EmbeddingOption
     const raw = checkInteger(op, 'options.paddingIdx', opts.paddingIdx, -V, V - 1);
     paddingIdx = raw < 0 ? raw + V : raw;
   }
-  const idData = tensorData(it, op, 'ids') as Int32Array;
-  for (let i = 0; i < idData.length; i++) {
-    const id = idData[i];
+  // The ids index memory: every one is checked here, on the host (a copy of a cuda tensor's).
+  const idHost = hostValues(it, op, 'ids') as Int32Array;
+  const idData = dataOf(it, op, 'ids') as unknown as Int32Array;
+  for (let i = 0; i < idHost.length; i++) {
+    const id = idHost[i];
     if (id < 0 || id >= V) {
       throw mismatch('ERR_ARGUMENT', op, `ids${indexPath(it.shape, i)}`, `an id in [0, ${V}) (the rows of weight)`, String(id));
     }
@@ -294,7 +297,7 @@ export function embedding(ids: Tensor, weight: Tensor, options?: EmbeddingOption
   const n = it.size;
   // [...ids.shape, d] may hold more elements than either input: refuse an impossible one by name.
   checkShape(op, 'the output shape [...ids.shape, d]', [...it.shape, d]);
-  const out = outputBuffer(op, wt.dtype, n * d);
+  const out = outputBuffer(op, wt.dtype, n * d, wt.device);
   if (n > 0 && d > 0) {
     const addon = nnAddon(op);
     runKernel(op, () => addon.embeddingForward({ ids: idData, weight: dataOf(wt, op, 'weight'), out, n, V, d }));
@@ -302,7 +305,7 @@ export function embedding(ids: Tensor, weight: Tensor, options?: EmbeddingOption
   return record(wrap(out, [...it.shape, d], wt), op, [wt], [it], (g, _needs, [ids]) => {
     const where = `${op} (backward)`;
     const skip = n === 0 || d === 0;
-    const dw = skip ? (allocate(where, wt.dtype, V * d) as FloatArray) : outputBuffer(where, wt.dtype, V * d);
+    const dw = skip ? zeroBuffer(where, wt.dtype, V * d, wt.device) : outputBuffer(where, wt.dtype, V * d, wt.device);
     if (!skip) {
       const addon = nnAddon(where);
       runKernel(where, () =>
@@ -347,10 +350,12 @@ export function crossEntropy(logits: Tensor, targets: Tensor, options?: CrossEnt
   if (!(REDUCTIONS as readonly unknown[]).includes(reduction)) {
     throw mismatch('ERR_ARGUMENT', op, 'options.reduction', `one of ${REDUCTIONS.join(', ')}`, describe(reduction));
   }
-  const tData = tensorData(tt, op, 'targets') as Int32Array;
+  // Targets index memory: checked here, on the host (a copy of a cuda tensor's).
+  const tHost = hostValues(tt, op, 'targets') as Int32Array;
+  const tData = dataOf(tt, op, 'targets') as unknown as Int32Array;
   let count = 0;
   for (let i = 0; i < N; i++) {
-    const t = tData[i];
+    const t = tHost[i];
     if (t === ignoreIndex) continue;
     if (t < 0 || t >= C) {
       throw mismatch('ERR_ARGUMENT', op, `targets[${i}]`, `a class in [0, ${C}) or ignoreIndex (${ignoreIndex})`, String(t));
@@ -359,8 +364,8 @@ export function crossEntropy(logits: Tensor, targets: Tensor, options?: CrossEnt
   }
 
   const { dtype } = lt;
-  const loss = outputBuffer(op, dtype, N);
-  const lse = outputBuffer(op, dtype, N);
+  const loss = outputBuffer(op, dtype, N, lt.device);
+  const lse = outputBuffer(op, dtype, N, lt.device);
   const sizes = { N, C, labelSmoothing: smoothing, ignoreIndex };
   const work = N > 0 && C > 0;
   if (work) {
@@ -368,8 +373,8 @@ export function crossEntropy(logits: Tensor, targets: Tensor, options?: CrossEnt
     runKernel(op, () => addon.crossEntropyForward({ ...sizes, logits: dataOf(lt, op, 'logits'), targets: tData, loss, lse }));
   } else {
     // No classes: every row must have been ignored (checked above), so every loss is 0.
-    loss.fill(0);
-    lse.fill(Number.NEGATIVE_INFINITY);
+    fillBuffer(op, loss, 0);
+    fillBuffer(op, lse, Number.NEGATIVE_INFINITY);
   }
   let output: Tensor;
   const lossT = makeTensor(loss, [N], dtype, lt.device);
@@ -377,26 +382,28 @@ export function crossEntropy(logits: Tensor, targets: Tensor, options?: CrossEnt
     output = lossT;
   } else {
     // Summed in float64 in row order: deterministic, and exact enough for either dtype.
+    // (On cuda the N losses are copied to the host for this: N floats, one wait for the GPU.)
+    const losses = lt.device === 'cuda' ? (lossT.dataSync() as FloatArray) : loss;
     let total = 0;
-    for (let i = 0; i < N; i++) total += loss[i];
-    const value = outputBuffer(op, dtype, 1);
+    for (let i = 0; i < N; i++) total += losses[i];
+    const value = allocate(op, dtype, 1) as FloatArray;
     value[0] = reduction === 'sum' ? total : count > 0 ? total / count : 0;
-    output = wrap(value, [], lt);
+    output = lt.device === 'cuda' ? makeTensor(upload(op, value, dtype), [], dtype, 'cuda') : wrap(value, [], lt);
     lossT.dispose();
   }
   const lseT = makeTensor(lse, [N], dtype, lt.device);
   const result = record(output, op, [lt], [lt, tt, lseT], (g, _needs, saved) => {
     const where = `${op} (backward)`;
     const [zData, tgt, lseData] = saved as [FloatArray, Int32Array, FloatArray];
-    const dlogits = outputBuffer(where, dtype, N * C);
+    const dlogits = outputBuffer(where, dtype, N * C, lt.device);
     if (work) {
       let dloss: FloatArray;
       if (reduction === 'none') {
         dloss = dataOf(g, where, 'gradient');
       } else {
-        const g0 = dataOf(g, where, 'gradient')[0];
-        dloss = outputBuffer(where, dtype, N);
-        dloss.fill(reduction === 'sum' ? g0 : count > 0 ? g0 / count : 0);
+        const g0 = hostValues(g, where, 'gradient')[0];
+        dloss = outputBuffer(where, dtype, N, lt.device);
+        fillBuffer(where, dloss, reduction === 'sum' ? g0 : count > 0 ? g0 / count : 0);
       }
       const addon = nnAddon(where);
       runKernel(where, () =>

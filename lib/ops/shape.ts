@@ -10,7 +10,7 @@ import { checkInteger, describe, formatShape, mismatch } from '../errors';
 import { DType, MAX_ELEMENTS, allocate, shapeSize } from '../dtype';
 import { Tensor, checkTensor, viewOf } from '../tensor';
 import { FloatArray, loadNative } from '../native';
-import { checkAxis, dataOf, floatInput, outputBuffer, record, runKernel, wrap } from './common';
+import { checkAxis, copyBuffer, dataOf, floatInput, outputBuffer, record, runKernel, wrap, zeroBuffer } from './common';
 import { contiguousStrides, stridedCopyData } from './elementwise';
 
 /** A copy of `x` (of `shape`) with its dims reordered: result dim i is input dim dims[i]. */
@@ -62,8 +62,8 @@ export function reshape(x: Tensor, shape: readonly number[]): Tensor {
     // A copy, not a view of g: the engine may add into the gradient it is handed, and g's
     // buffer may belong to someone else.
     const where = `${op} (backward)`;
-    const grad = outputBuffer(where, t.dtype, t.size);
-    grad.set(dataOf(g, where, 'gradient'));
+    const grad = outputBuffer(where, t.dtype, t.size, t.device);
+    copyBuffer(where, grad, dataOf(g, where, 'gradient'));
     return [wrap(grad, t.shape, g)];
   });
 }
@@ -190,7 +190,7 @@ export function concat(tensors: readonly Tensor[], axis: number): Tensor {
   if (shapeSize(outShape) > MAX_ELEMENTS) {
     throw mismatch('ERR_ARGUMENT', op, 'tensors', `at most ${MAX_ELEMENTS} elements in all`, formatShape(outShape));
   }
-  const out = outputBuffer(op, first.dtype, shapeSize(outShape));
+  const out = outputBuffer(op, first.dtype, shapeSize(outShape), first.device);
   let offset = 0;
   list.forEach((t, i) => {
     const cols = sizes[i] * inner;
@@ -206,7 +206,7 @@ export function concat(tensors: readonly Tensor[], axis: number): Tensor {
       start += sizes[i];
       if (!needs[i]) return null;
       const cols = sizes[i] * inner;
-      const grad = outputBuffer(where, t.dtype, t.size);
+      const grad = outputBuffer(where, t.dtype, t.size, t.device);
       copyBlocks(where, gd, grad, outer, cols, total * inner, begin * inner, cols, 0);
       return wrap(grad, t.shape, t);
     });
@@ -233,12 +233,12 @@ export function slice(x: Tensor, axis: number, start: number, end?: number): Ten
   const len = e - s;
   const outShape = t.shape.map((m, d) => (d === ax ? len : m));
   const { outer, inner } = around(t.shape, ax);
-  const out = outputBuffer(op, t.dtype, shapeSize(outShape));
+  const out = outputBuffer(op, t.dtype, shapeSize(outShape), t.device);
   copyBlocks(op, dataOf(t, op, 'x'), out, outer, len * inner, n * inner, s * inner, len * inner, 0);
   return record(wrap(out, outShape, t), op, [t], [], (g) => {
     const where = `${op} (backward)`;
     // Zero everywhere but the sliced block.
-    const grad = allocate(where, t.dtype, t.size) as FloatArray;
+    const grad = zeroBuffer(where, t.dtype, t.size, t.device);
     copyBlocks(where, dataOf(g, where, 'gradient'), grad, outer, len * inner, len * inner, 0, n * inner, s * inner);
     return [wrap(grad, t.shape, t)];
   });

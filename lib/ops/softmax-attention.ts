@@ -9,11 +9,11 @@
 import { LunaError, checkBoolean, checkFinite, checkInteger, checkOptions, describe, formatShape, mismatch } from '../errors';
 import { nextSeed } from '../seed';
 import { DType, Device, isFloatDType } from '../dtype';
-import { Storage, Tensor, assertLive, checkTensor, floatData, makeTensor, tensorData } from '../tensor';
+import { Storage, Tensor, assertLive, checkTensor, floatData, makeTensor, nativeData, tensorData } from '../tensor';
 import { attachNode, shouldRecord } from '../autograd';
 import { loadNative } from '../native';
 import type { SoftmaxBackwardArgs, SoftmaxForwardArgs } from '../native-ops';
-import { outputBuffer, runKernel } from './common';
+import { cloneBuffer, fillBuffer, outputBuffer, runKernel } from './common';
 
 /** Options of {@link softmaxAttention}. */
 export interface SoftmaxAttentionOptions {
@@ -151,26 +151,26 @@ export function softmaxAttention(q: Tensor, k: Tensor, v: Tensor, options?: Soft
   // Tied key/value is recognised by object identity: the kernel then reads one buffer and
   // writes one summed gradient, and the graph records k once so it is not counted twice.
   const tied = c.k === c.v;
-  const qData = floatData(c.q, OP, 'q');
-  const kData = floatData(c.k, OP, 'k');
-  let vData = tied ? kData : floatData(c.v, OP, 'v');
+  const qData = nativeData(c.q, OP, 'q');
+  const kData = nativeData(c.k, OP, 'k');
+  let vData = tied ? kData : nativeData(c.v, OP, 'v');
   if (!tied && vData === kData) {
     // Distinct tensors sharing one buffer (e.g. v = k.detach()): their gradients differ, so
     // hide the aliasing from the kernel, which would otherwise take the tied path.
-    vData = vData.slice();
+    vData = cloneBuffer(OP, vData, dtype);
   }
-  const maskData = mask === null ? null : (tensorData(mask, OP, 'options.keyPaddingMask') as Uint8Array);
+  const maskData = mask === null ? null : (nativeData(mask, OP, 'options.keyPaddingMask') as unknown as Uint8Array);
 
-  const out = outputBuffer(OP, dtype, B * h * n * dh);
-  const lse = outputBuffer(OP, dtype, B * h * n);
+  const out = outputBuffer(OP, dtype, B * h * n * dh, device);
+  const lse = outputBuffer(OP, dtype, B * h * n, device);
   const fwd: SoftmaxForwardArgs = { q: qData, k: kData, v: vData, mask: maskData, out, lse, B, h, lq: n, lk: m, dh, scale, causal };
   if (dropout > 0) {
     fwd.dropout = dropout;
     fwd.seed = seed;
   }
   if (addon === null) {
-    out.fill(0);
-    lse.fill(Number.NEGATIVE_INFINITY);
+    fillBuffer(OP, out, 0);
+    fillBuffer(OP, lse, Number.NEGATIVE_INFINITY);
   } else {
     runKernel(OP, () => addon.softmaxForward(fwd));
   }
@@ -192,15 +192,15 @@ export function softmaxAttention(q: Tensor, k: Tensor, v: Tensor, options?: Soft
     if (saved === null) {
       throw new LunaError('ERR_DISPOSED', `${where}: the saved tensors were already released`);
     }
-    const dout = floatData(gradOut, where, 'gradient');
-    const dq = outputBuffer(where, dtype, c.q.size);
-    const dk = outputBuffer(where, dtype, c.k.size);
-    const dv = tied ? dk : outputBuffer(where, dtype, c.v.size);
+    const dout = nativeData(gradOut, where, 'gradient');
+    const dq = outputBuffer(where, dtype, c.q.size, device);
+    const dk = outputBuffer(where, dtype, c.k.size, device);
+    const dv = tied ? dk : outputBuffer(where, dtype, c.v.size, device);
     const args: SoftmaxBackwardArgs = { ...saved, dout, dq, dk, dv };
     if (addon === null) {
-      dq.fill(0);
-      dk.fill(0);
-      dv.fill(0);
+      fillBuffer(OP, dq, 0);
+      fillBuffer(OP, dk, 0);
+      fillBuffer(OP, dv, 0);
     } else {
       runKernel(where, () => addon.softmaxBackward(args));
     }
