@@ -26,6 +26,8 @@ export interface CudaBackendInfo {
   deviceCount: number;
   /** Why CUDA is unavailable; empty when it is available. */
   reason: string;
+  /** The device, when available: its name, compute capability, SM count and memory. */
+  device: { name: string; computeCapability: string; multiprocessors: number; totalMemory: number; emulated: boolean } | null;
 }
 
 /** The result of {@link backendInfo}. */
@@ -58,6 +60,7 @@ export function backendInfo(): BackendInfo {
       available: Boolean(cuda.available),
       deviceCount: Number(cuda.deviceCount) || 0,
       reason: String(cuda.reason ?? ''),
+      device: cuda.available && typeof addon.cudaDeviceInfo === 'function' ? addon.cudaDeviceInfo() : null,
     },
   };
 }

@@ -169,8 +169,14 @@ export interface CudaMemoryStats extends NativeCudaMemory {}
 /** The CUDA allocator's counters: bytes handed out, held from the driver, peak, cached blocks. */
 export function cudaMemoryStats(): CudaMemoryStats {
   const addon = tryLoadNative();
-  if (addon === null) return { allocatedBytes: 0, reservedBytes: 0, peakAllocatedBytes: 0, cachedBlocks: 0, deviceMallocs: 0, deviceFrees: 0 };
+  if (addon === null || typeof addon.cudaMemoryStats !== 'function') return { allocatedBytes: 0, reservedBytes: 0, peakAllocatedBytes: 0, cachedBlocks: 0, deviceMallocs: 0, deviceFrees: 0 };
   return addon.cudaMemoryStats();
+}
+
+/** Starts a new CUDA peak (memoryStats().cuda.peakAllocatedBytes), as resetPeakBytes does for the host. */
+export function resetCudaPeak(): void {
+  const addon = tryLoadNative();
+  if (addon !== null && typeof addon.cudaResetPeak === 'function') addon.cudaResetPeak();
 }
 
 /**

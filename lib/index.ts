@@ -51,4 +51,6 @@ export { manualSeed } from './seed';
 export { poolStats, emptyPool } from './pool';
 export type { PoolStats } from './pool';
 export { tidy, keep, memoryStats, resetPeakBytes } from './memory';
+export { emptyCache, synchronize, defaultDevice } from './device';
+export type { CudaMemoryStats } from './device';
 export type { MemoryStats } from './memory';

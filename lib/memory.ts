@@ -29,6 +29,7 @@
  * @packageDocumentation
  */
 import { LunaError, checkFunction, describe, mismatch } from './errors';
+import { CudaMemoryStats, cudaMemoryStats, resetCudaPeak } from './device';
 import { isRecyclable, poolStats, type PoolStats } from './pool';
 import type { AnyTypedArray } from './dtype';
 import type { Tensor } from './tensor';
@@ -57,10 +58,16 @@ export interface MemoryStats {
   liveTensors: number;
   /** Buffers still referenced by a tensor, a detached view or a graph node. */
   liveStorages: number;
-  /** The bytes of those buffers. */
+  /** The bytes of those buffers in host memory (device memory is counted in `cuda`). */
   liveBytes: number;
   /** The most `liveBytes` has been since the start or the last {@link resetPeakBytes}. */
   peakBytes: number;
+  /**
+   * The CUDA caching allocator: bytes in device blocks handed to tensors (`allocatedBytes`), held
+   * from the driver including cached free blocks (`reservedBytes`), the peak, the cached blocks
+   * and how many cudaMalloc/cudaFree calls were made. All zero where CUDA is not used.
+   */
+  cuda: CudaMemoryStats;
   /** How many `tidy` scopes are open right now. */
   tidyDepth: number;
   /** The buffer pool's counters (see poolStats). */
@@ -329,7 +336,7 @@ function closeScope(scope: Scope): void {
  * are neither disposed nor returned from a tidy scope.
  */
 export function memoryStats(): MemoryStats {
-  return { liveTensors, liveStorages, liveBytes, peakBytes, tidyDepth: scopes.length, pool: poolStats() };
+  return { liveTensors, liveStorages, liveBytes, peakBytes, cuda: cudaMemoryStats(), tidyDepth: scopes.length, pool: poolStats() };
 }
 
 /**
@@ -338,4 +345,5 @@ export function memoryStats(): MemoryStats {
  */
 export function resetPeakBytes(): void {
   peakBytes = liveBytes;
+  resetCudaPeak();
 }

@@ -1,0 +1,214 @@
+// CUDA against the CPU, op by op and for a Luna encoder layer, forward and backward, through the
+// public API. Runs on a machine with a GPU, and elsewhere against the CUDA emulator build
+// (build/emu, made by `.ci/run`; cuda/emu/ says what the emulator is): the kernels' logic and all
+// of lib/'s device plumbing are then checked on every CI run. Skipped, saying why, when neither
+// is here.
+//
+// The yardstick is the project's accuracy policy (design.md) at the API level: the float64 CPU
+// result is the truth; the CUDA float32 error must be within 3x the CPU float32 kernels' error
+// (plus 4 float32 ulps of the largest value, for results exact in float32). Dropout masks come
+// from the same counter RNG on both devices, so they must agree exactly.
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import type * as Lib from '../lib/index';
+
+const root = path.resolve(__dirname, '..');
+const emulatorBuild = path.join(root, 'build', 'emu', 'Release', 'luna_attention.node');
+
+let lib: typeof Lib;
+let why = '';
+beforeAll(async () => {
+  // Decide which addon to load before anything loads one: the default build when it has a
+  // usable GPU, else the emulator build.
+  const probe = await import('../lib/index');
+  if (!probe.backendInfo().cuda.available) {
+    if (!existsSync(emulatorBuild)) {
+      why = 'no CUDA device and no emulator build (`npx cmake-js build --out build/emu --CDLUNA_CUDA_EMULATOR=ON`)';
+      return;
+    }
+    process.env.LUNA_ADDON = emulatorBuild;
+    const { vi } = await import('vitest');
+    vi.resetModules();
+  }
+  lib = await import('../lib/index');
+  if (!lib.backendInfo().cuda.available) why = `CUDA unavailable: ${lib.backendInfo().cuda.reason}`;
+});
+
+type Tensor = Lib.Tensor;
+type Build = (xs: Tensor[]) => Tensor;
+
+// Seeds from a fresh draw each run (printed on failure through the case name).
+const runSeed = Math.floor(Math.random() * 2 ** 31);
+
+function maxAbs(a: ArrayLike<number>): number {
+  let m = 0;
+  for (let i = 0; i < a.length; i++) if (Number.isFinite(a[i])) m = Math.max(m, Math.abs(a[i]));
+  return m;
+}
+
+function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let m = 0;
+  for (let i = 0; i < a.length; i++) {
+    const d = Math.abs(a[i] - b[i]);
+    if (Number.isNaN(d)) return Number.POSITIVE_INFINITY;
+    m = Math.max(m, d);
+  }
+  return m;
+}
+
+function expectPolicy(what: string, cuda: ArrayLike<number>, cpu: ArrayLike<number>, truth: ArrayLike<number>): void {
+  expect(cuda.length, what).toBe(truth.length);
+  const ec = maxDiff(cuda, truth);
+  const ep = maxDiff(cpu, truth);
+  const bound = 3 * ep + 4 * 2 ** -23 * maxAbs(truth);
+  expect(ec, `${what}: CUDA error ${ec} vs CPU float32 error ${ep} (seed ${runSeed})`).toBeLessThanOrEqual(bound);
+}
+
+/**
+ * Runs `build` on float64 CPU inputs (the truth), float32 CPU and float32 CUDA inputs with the
+ * same values, backpropagates the same random cotangent, and compares the output and every
+ * input's gradient.
+ */
+function compare(name: string, shapes: number[][], build: Build, seed = runSeed): void {
+  const { randn, tensor } = lib;
+  const x64 = shapes.map((s, i) => randn(s, { seed: seed + i, dtype: 'float64' }));
+  const make = (device: 'cpu' | 'cuda', dtype: 'float32' | 'float64') =>
+    x64.map((t) => tensor(dtype === 'float64' ? t.dataSync() : Float32Array.from(t.dataSync()), { shape: t.shape as number[], dtype, device, requiresGrad: true }));
+  const runs = (['float64', 'cpu', 'cuda'] as const).map((kind) => {
+    const xs = kind === 'float64' ? make('cpu', 'float64') : make(kind, 'float32');
+    const out = build(xs);
+    const w64 = randn(out.shape as number[], { seed: seed + 99, dtype: 'float64' });
+    const w = kind === 'float64' ? w64 : tensor(Float32Array.from(w64.dataSync()), { shape: out.shape as number[], device: kind });
+    out.backward(w);
+    return { out: Array.from(out.dataSync() as Float64Array), grads: xs.map((x) => (x.grad === null ? null : Array.from(x.grad.dataSync() as Float64Array))) };
+  });
+  const [truth, cpu, cuda] = runs;
+  expectPolicy(`${name} output`, cuda.out, cpu.out, truth.out);
+  truth.grads.forEach((g, i) => {
+    if (g === null) return;
+    expectPolicy(`${name} d(input ${i})`, cuda.grads[i] as number[], cpu.grads[i] as number[], g);
+  });
+}
+
+describe('CUDA against the CPU (a GPU, or the emulator build)', () => {
+  const skip = (): boolean => {
+    if (why) console.log(`cuda-parity skipped: ${why}`);
+    return why !== '';
+  };
+
+  it('tensors move to cuda and back unchanged; data() resolves off the event loop', async () => {
+    if (skip()) return;
+    const x = lib.randn([3, 5], { seed: runSeed });
+    const d = x.to('cuda');
+    expect(d.device).toBe('cuda');
+    expect(Array.from(d.dataSync())).toEqual(Array.from(x.dataSync()));
+    expect(Array.from(await d.data())).toEqual(Array.from(x.dataSync()));
+    expect(Array.from(d.to('cpu').dataSync())).toEqual(Array.from(x.dataSync()));
+    const mask = lib.tensor([[true, false, true]], { device: 'cuda' });
+    expect(Array.from(mask.dataSync())).toEqual([1, 0, 1]);
+    expect(() => lib.tensor([1], { dtype: 'float64', device: 'cuda' })).toThrow(/float64/);
+    expect(() => lib.ops.add(x, d)).toThrow(/device/);
+  });
+
+  it('the caching allocator reuses blocks: a repeated step makes no new cudaMalloc', () => {
+    if (skip()) return;
+    const step = () => {
+      const a = lib.randn([64, 32], { seed: 1, device: 'cuda' });
+      const b = lib.ops.gelu(a);
+      a.dispose();
+      b.dispose();
+    };
+    step();
+    const before = lib.memoryStats().cuda.deviceMallocs;
+    for (let i = 0; i < 5; i++) step();
+    expect(lib.memoryStats().cuda.deviceMallocs).toBe(before);
+    lib.emptyCache();
+    expect(lib.memoryStats().cuda.cachedBlocks).toBe(0);
+  });
+
+  it('matmul, linear, elementwise and shape ops', () => {
+    if (skip()) return;
+    const { ops } = lib;
+    compare('matmul', [[3, 7, 5], [3, 5, 4]], ([a, b]) => ops.matmul(a, b));
+    compare('linear', [[2, 9, 6], [5, 6], [5]], ([x, w, b]) => ops.linear(x, w, b));
+    compare('add/mul broadcast', [[4, 1, 6], [3, 6]], ([a, b]) => ops.mul(ops.add(a, b), b));
+    compare('sum over an axis', [[3, 4, 5]], ([a]) => ops.sum(a, { axis: 1 }));
+    compare('permute + slice + concat', [[2, 3, 4], [2, 3, 4]], ([a, b]) =>
+      ops.concat([ops.slice(ops.permute(a, [2, 0, 1]), 0, 1, 3), ops.permute(b, [2, 0, 1])], 0),
+    );
+    compare('split/merge heads', [[2, 5, 8]], ([a]) => ops.mergeHeads(ops.splitHeads(a, 2)));
+  });
+
+  it('layerNorm, gelu, relu, embedding and cross-entropy', () => {
+    if (skip()) return;
+    const { ops, tensor } = lib;
+    compare('layerNorm', [[6, 10], [10], [10]], ([x, w, b]) => ops.layerNorm(x, w, b));
+    compare('gelu', [[5, 7]], ([x]) => ops.gelu(x));
+    compare('relu', [[5, 7]], ([x]) => ops.relu(x));
+    const ids = [3, 0, 7, 3, 5, 1];
+    compare('embedding', [[8, 4]], ([w]) => ops.embedding(tensor(ids, { dtype: 'int32', shape: [2, 3], device: w.device }), w));
+    const targets = [2, 0, 4, 1];
+    compare('crossEntropy', [[4, 6]], ([z]) => ops.crossEntropy(z, tensor(targets, { dtype: 'int32', device: z.device }), { reduction: 'none' }));
+  });
+
+  it('dropout masks are the same bits on both devices', () => {
+    if (skip()) return;
+    const x = lib.randn([7, 33], { seed: runSeed });
+    const cpu = lib.ops.dropout(x, 0.3, { seed: 1234 }).dataSync();
+    const cuda = lib.ops.dropout(x.to('cuda'), 0.3, { seed: 1234 }).dataSync();
+    expect(Array.from(cuda)).toEqual(Array.from(cpu));
+  });
+
+  it('pack and unpack attention, masks, tied key/value', () => {
+    if (skip()) return;
+    const { ops, tensor } = lib;
+    // q [B,h,l,dh] against k,v [B,h,m,dh] with a key mask, untied; then unpack, tied.
+    const B = 2, h = 2, l = 3, m = 9, n = 7, dh = 5;
+    const maskRows = [Array.from({ length: m }, (_, j) => j >= 7), Array.from({ length: m }, () => false)];
+    compare('packAttention', [[B, h, l, dh], [B, h, m, dh], [B, h, m, dh]], ([q, k, v]) =>
+      ops.packAttention(q, k, v, { keyPaddingMask: tensor(maskRows, { device: q.device }) }),
+    );
+    compare('unpackAttention (tied)', [[B, h, n, dh], [B, h, l, dh]], ([q, kv]) => ops.unpackAttention(q, kv, kv));
+  });
+
+  it('causal Luna attention and softmax attention', () => {
+    if (skip()) return;
+    const { ops } = lib;
+    const B = 1, h = 2, n = 11, l = 3, dh = 4;
+    compare('causalLunaAttention', [[B, h, n, dh], [B, h, n, dh], [B, h, n, dh], [B, h, n, dh], [B, h, l, dh]], ([q, k, v, kc, pq]) =>
+      ops.causalLunaAttention(q, k, v, kc, pq),
+    );
+    compare('softmaxAttention (causal)', [[B, h, n, dh], [B, h, n, dh], [B, h, n, dh]], ([q, k, v]) =>
+      ops.softmaxAttention(q, k, v, { causal: true }),
+    );
+  });
+
+  it('a LunaEncoderLayer forward and backward, and an Adam step, agree with the CPU', () => {
+    if (skip()) return;
+    const { nn, optim, randn, tensor } = lib;
+    const make = (device: 'cpu' | 'cuda', dtype: 'float32' | 'float64') =>
+      new nn.LunaEncoderLayer({ embedDim: 8, numHeads: 2, ffnDim: 16, tieKV: false, seed: 7, device, dtype } as never);
+    const layers = [make('cpu', 'float64'), make('cpu', 'float32'), make('cuda', 'float32')];
+    const x64 = randn([2, 6, 8], { seed: runSeed, dtype: 'float64' });
+    const p64 = randn([2, 3, 8], { seed: runSeed + 1, dtype: 'float64' });
+    const results = layers.map((layer, i) => {
+      const dtype = i === 0 ? 'float64' : 'float32';
+      const device = i === 2 ? 'cuda' : 'cpu';
+      const conv = (t: Tensor) => tensor(dtype === 'float64' ? t.dataSync() : Float32Array.from(t.dataSync()), { shape: t.shape as number[], dtype, device });
+      const { x, p } = layer.forward(conv(x64), conv(p64));
+      const loss = lib.ops.add(lib.ops.sum(lib.ops.mul(x, x)), lib.ops.sum(p));
+      loss.backward();
+      const grads = layer.parameters().map((t) => Array.from(t.grad!.dataSync() as Float64Array));
+      const opt = new optim.Adam(layer.parameters(), { lr: 1e-2 });
+      opt.step();
+      const after = layer.parameters().map((t) => Array.from(t.dataSync() as Float64Array));
+      return { x: Array.from(x.dataSync() as Float64Array), p: Array.from(p.dataSync() as Float64Array), grads, after };
+    });
+    const [truth, cpu, cuda] = results;
+    expectPolicy('layer x', cuda.x, cpu.x, truth.x);
+    expectPolicy('layer p', cuda.p, cpu.p, truth.p);
+    truth.grads.forEach((g, i) => expectPolicy(`layer grad ${i}`, cuda.grads[i], cpu.grads[i], g));
+    truth.after.forEach((w, i) => expectPolicy(`after Adam, parameter ${i}`, cuda.after[i], cpu.after[i], w));
+  });
+});
