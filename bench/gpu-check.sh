@@ -128,11 +128,14 @@ else
   # sm_90 only (H100/H200): a fifth of the compile time of the five default architectures.
   CONFIGURE=(env CUDAARCHS=90 cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 -DLUNA_ENABLE_CUDA=ON)
 fi
-if run_step configure 90 200 tail ${LOCK[@]+"${LOCK[@]}"} "${CONFIGURE[@]}"; then
+# Under --emulator the builds wait for the shared build lock too: longer limits.
+CONF_CAP=90 BUILD_CAP=300
+[ $EMU = 1 ] && CONF_CAP=600 BUILD_CAP=900
+if run_step configure $CONF_CAP 200 tail ${LOCK[@]+"${LOCK[@]}"} "${CONFIGURE[@]}"; then
   if [ $EMU = 0 ] && ! grep -q 'CUDA .* found' "$OUT/configure.log"; then
     echo "gpu-check: cmake did not find nvcc (no CUDA in $OUT/configure.log); the gpu_check target does not exist"
     FAILED+=("configure (no CUDA)")
-  elif run_step build 300 150 tail ${LOCK[@]+"${LOCK[@]}"} cmake --build "$BUILD" --target "$TARGET" -j "$JOBS"; then
+  elif run_step build $BUILD_CAP 150 tail ${LOCK[@]+"${LOCK[@]}"} cmake --build "$BUILD" --target "$TARGET" -j "$JOBS"; then
     BUILT=1
   fi
 fi
