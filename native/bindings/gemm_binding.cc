@@ -1,10 +1,14 @@
 // N-API bindings of the GEMM family: one options object in, a filled GemmParams out, then the
-// kernel. The argument shapes are documented in native/INTERFACE-gemm.md.
+// kernel. The argument shapes are documented in native/INTERFACE-gemm.md. Float32 DeviceArrays
+// instead of typed arrays run the call on the GPU (cuda/gemm_cuda.h); the references stay on the
+// CPU and refuse them.
 #include "gemm_binding.h"
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
+#include "../../cuda/gemm_cuda.h"
 #include "../kernels/gemm.h"
 #include "../reference/gemm_reference.h"
 #include "binding_util.h"
@@ -40,13 +44,11 @@ bool absent(const Args& o, const char* name) {
   return v.IsUndefined() || v.IsNull();
 }
 
-// The element type of a call, from its first array (`first`).
+// The element type of a call, from its first array (`first`): a typed array or a DeviceArray
+// (always float32; float64 never reaches the GPU).
 napi_typedarray_type float_type(const Args& o, const char* first) {
-  Napi::Value v = o.Get(first);
-  if (v.IsTypedArray()) {
-    const napi_typedarray_type t = v.As<Napi::TypedArray>().TypedArrayType();
-    if (t == napi_float32_array || t == napi_float64_array) return t;
-  }
+  const napi_typedarray_type t = array_type(o, first);
+  if (t == napi_float32_array || t == napi_float64_array) return t;
   throw Napi::TypeError::New(o.Env(), std::string(first) + " must be a Float32Array or Float64Array");
 }
 
@@ -99,7 +101,14 @@ Napi::Value gemm_entry(const Napi::CallbackInfo& info) {
   const napi_typedarray_type type = float_type(o, "a");
   if (type == napi_float32_array) {
     const GemmParams<float> p = read_gemm<float>(o, type);
-    reference ? gemm_reference(p) : gemm(p);
+    if (reference) {
+      require_host(o, "gemmReference");
+      gemm_reference(p);
+    } else if (o.on_cuda()) {
+      cuda::gemm(p);
+    } else {
+      gemm(p);
+    }
   } else {
     const GemmParams<double> p = read_gemm<double>(o, type);
     reference ? gemm_reference(p) : gemm(p);
@@ -116,6 +125,9 @@ void bias_add_typed(const Args& o, napi_typedarray_type type) {
   T* y = array_field<T>(o, "y", type, len);
   const T* bias = array_field<T>(o, "bias", type, cols);
   check_disjoint(o.Env(), y, len, bias, cols, "y must not share memory with bias");
+  if constexpr (std::is_same_v<T, float>) {
+    if (o.on_cuda()) return cuda::bias_add(rows, cols, bias, y, cols);
+  }
   bias_add(rows, cols, bias, y, cols);
 }
 
@@ -137,8 +149,12 @@ void column_sum_typed(const Args& o, napi_typedarray_type type) {
   T* out = array_field<T>(o, "out", type, cols);
   check_disjoint(o.Env(), out, cols, x, len, "out must not share memory with x");
   if (reference) {
+    require_host(o, "columnSumReference");
     if (bool_field(o, "accumulate")) throw Napi::TypeError::New(o.Env(), "columnSumReference does not accumulate");
     column_sum_reference(rows, cols, x, cols, out);
+  } else if constexpr (std::is_same_v<T, float>) {
+    if (o.on_cuda()) cuda::column_sum(rows, cols, x, cols, out, bool_field(o, "accumulate"));
+    else column_sum(rows, cols, x, cols, out, bool_field(o, "accumulate"));
   } else {
     column_sum(rows, cols, x, cols, out, bool_field(o, "accumulate"));
   }
