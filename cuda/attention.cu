@@ -5,8 +5,8 @@
 // over l keys), so one forward kernel and one backward kernel serve both, tiled from the sizes:
 //
 // Forward (attention_forward_kernel): a block owns a tile of query rows and a range of keys.
-//   Each thread keeps one query row (or a slice of it, for head dims over 64) in registers and
-//   streams keys out of shared memory with an online softmax, a chunk of 8 keys at a time. When
+//   Each thread keeps 32 dims of one query row in registers (dh / 32 neighbouring threads share
+//   a row) and streams keys out of shared memory with an online softmax, 4 keys at a time. When
 //   the queries are few (pack), the threads of a row split the keys between them ("groups")
 //   and the key axis is split across blocks ("splits"); groups merge inside the block, splits
 //   in attention_merge_kernel, both in a fixed order. When the queries are many (unpack), one
@@ -39,15 +39,20 @@ namespace {
 // ---- forward -------------------------------------------------------------------------------------
 
 constexpr int kFwdThreads = 128;
-constexpr int kChunk = 8;  // keys a thread scores before one online-softmax rescale
+constexpr int kChunk = 4;  // keys a thread scores before one online-softmax rescale
 
+// A query row is held by TPR adjacent threads, 32 dims each (few registers: five blocks fit on
+// an SM). Thread `part` of a row holds the float4 chunks part, part + TPR, part + 2 TPR, ... so
+// that the row's threads read neighbouring 16-byte pieces of every row they load.
 template <int DH>
 struct FwdShape {
-  static constexpr int TPR = DH <= 64 ? 1 : DH / 64;    // threads per query row
-  static constexpr int DT = DH / TPR;                   // dims each of them holds (<= 64)
+  static constexpr int TPR = DH / 32;                   // threads per query row
+  static constexpr int DT = 32;                         // dims each of them holds
   static constexpr int KT = DH <= 64 ? 64 : 4096 / DH;  // keys per shared-memory tile
   static constexpr int STRIDE = DH + 4;                 // shared row stride (staggers banks)
   static constexpr int SLOTS = kFwdThreads / TPR;       // (row, group) pairs per block
+  // Where dim chunk i (of 4 floats) of thread `part` sits in a row.
+  static __device__ int dim(int part, int i) { return 4 * (part + TPR * i); }
 };
 
 struct FwdArgs {
@@ -60,10 +65,18 @@ struct FwdArgs {
   int row_tiles, splits, keys_per_split;
 };
 
+// What a partial with no finite logit records as its sum: whether it kept a key (1) or not (0),
+// so that the merge can still tell "all masked" (output 0) from "all -inf or NaN" (NaN).
+__device__ inline float partial_sum(float top, float total, bool kept) {
+  return top == -INFINITY && total == 0.f ? (kept ? 1.f : 0.f) : total;
+}
+
 // q is (BH, lq, dh), k and v are (BH, lk, dh), mask is (B, lk). Block = (bh, split, row tile);
 // thread = (part of a row, row r, group g). Writes out/lse rows, or one partial per split.
+// Five blocks per SM (96 registers, about 35 KiB of shared memory each): the unpack streams
+// whole rows in and out, and more blocks in flight hide more of the memory latency.
 template <int DH>
-__global__ void __launch_bounds__(kFwdThreads) attention_forward_kernel(FwdArgs a) {
+__global__ void __launch_bounds__(kFwdThreads, 5) attention_forward_kernel(FwdArgs a) {
   using S = FwdShape<DH>;
   LUNA_DYNAMIC_SMEM(float, smem);
   const Problem& pr = a.pr;
@@ -75,30 +88,46 @@ __global__ void __launch_bounds__(kFwdThreads) attention_forward_kernel(FwdArgs 
   const int64_t b = bh / pr.h;
   const int t = threadIdx.x, part = t % S::TPR, slot = t / S::TPR;
   const int r = slot % a.R, g = slot / a.R;
-  const int row0 = rt * a.R, rows = min(a.R, pr.lq - row0);
+  const int row0 = rt * a.R, rows = min(a.R, pr.lq - row0), row = row0 + r;
   const bool tied = pr.k == pr.v;
+  const int dh = pr.dh;
+  // Whole rows move as float4 when dh is the instance's width and the arrays are aligned.
+  const bool vec = dh == DH && ((reinterpret_cast<uintptr_t>(pr.q) | reinterpret_cast<uintptr_t>(a.out) |
+                                 reinterpret_cast<uintptr_t>(a.part_acc)) & 15) == 0;
 
-  // The block's query rows, coalesced through shared memory, then each thread's slice.
+  // This thread's slice of its query row, straight from global memory (rows past the end and
+  // dims past dh are 0, so they add nothing).
   float q[S::DT];
-  load_rows<DH, S::STRIDE>(smem, pr.q + (bh * pr.lq + row0) * pr.dh, rows, a.R, pr.dh);
-  __syncthreads();
-  lds<S::DT>(q, smem + r * S::STRIDE + part * S::DT);
-  __syncthreads();
+  {
+    const float* qrow = pr.q + (bh * pr.lq + row) * dh;
+#pragma unroll
+    for (int i = 0; i < S::DT / 4; ++i) {
+      const int c = S::dim(part, i);
+      if (vec) {
+        const float4 x = r < rows ? __ldg(reinterpret_cast<const float4*>(qrow + c)) : make_float4(0.f, 0.f, 0.f, 0.f);
+        q[4 * i] = x.x, q[4 * i + 1] = x.y, q[4 * i + 2] = x.z, q[4 * i + 3] = x.w;
+      } else {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) q[4 * i + e] = r < rows && c + e < dh ? __ldg(qrow + c + e) : 0.f;
+      }
+    }
+  }
 
   float* ks = smem;
   float* vs = tied ? ks : ks + S::KT * S::STRIDE;
   float* kvalid = vs + S::KT * S::STRIDE;  // 1 kept key, 0 masked or past the end
   float m = -INFINITY, sum = 0.f, acc[S::DT];
-  bool kept = false;  // any kept key seen (tells "all masked" from "all logits -inf or NaN")
   for (int c = 0; c < S::DT; ++c) acc[c] = 0.f;
+  bool kept = false;  // any kept key seen (tells "all masked" from "all logits -inf or NaN")
   const int key_begin = split * a.keys_per_split, key_end = min(pr.lk, key_begin + a.keys_per_split);
   const int per_thread = S::KT / a.G;  // keys of a tile each thread scores (G divides KT)
-  const uint64_t drop_row = uint64_t(bh * pr.lq + row0 + r) * uint64_t(pr.lk);
+  const uint64_t drop_row = uint64_t(bh * pr.lq + row) * uint64_t(pr.lk);
 
   for (int k0 = key_begin; k0 < key_end; k0 += S::KT) {
     const int nk = min(S::KT, key_end - k0);
-    load_rows<DH, S::STRIDE>(ks, pr.k + (bh * pr.lk + k0) * pr.dh, nk, S::KT, pr.dh);
-    if (!tied) load_rows<DH, S::STRIDE>(vs, pr.v + (bh * pr.lk + k0) * pr.dh, nk, S::KT, pr.dh);
+    if (k0 != key_begin) __syncthreads();  // everyone is done with the previous tile
+    load_rows<DH, S::STRIDE>(ks, pr.k + (bh * pr.lk + k0) * dh, nk, S::KT, dh);
+    if (!tied) load_rows<DH, S::STRIDE>(vs, pr.v + (bh * pr.lk + k0) * dh, nk, S::KT, dh);
     for (int j = t; j < S::KT; j += kFwdThreads)
       kvalid[j] = (j < nk && !(pr.mask && pr.mask[b * pr.lk + k0 + j])) ? 1.f : 0.f;
     __syncthreads();
@@ -113,7 +142,18 @@ __global__ void __launch_bounds__(kFwdThreads) attention_forward_kernel(FwdArgs 
         s[u] = -INFINITY;
         if (c0 + u < per_thread) {
           const int j = g + (c0 + u) * a.G;
-          const float d = row_dot<S::DT, S::TPR>(q, ks + j * S::STRIDE + part * S::DT);
+          const float* kr = ks + j * S::STRIDE;
+          float d = 0.f;  // one multiply-add chain over this thread's dims, then over the row's threads
+#pragma unroll
+          for (int i = 0; i < S::DT / 4; ++i) {
+            const float4 x = *reinterpret_cast<const float4*>(kr + S::dim(part, i));
+            d = fmaf(q[4 * i], x.x, d);
+            d = fmaf(q[4 * i + 1], x.y, d);
+            d = fmaf(q[4 * i + 2], x.z, d);
+            d = fmaf(q[4 * i + 3], x.w, d);
+          }
+#pragma unroll
+          for (int o = 1; o < S::TPR; o <<= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
           if (kvalid[j] != 0.f) s[u] = pr.scale * d;
           cmax = fmaxf(cmax, s[u]);
         }
@@ -133,22 +173,47 @@ __global__ void __launch_bounds__(kFwdThreads) attention_forward_kernel(FwdArgs 
         float p = s[u] == -INFINITY ? 0.f : expf(s[u] - m);
         sum += p;  // the normaliser counts every kept key; the output only undropped ones
         if (pr.drop.active) p *= pr.drop.factor(drop_row + uint64_t(k0 + j));
-        const float* vr = vs + j * S::STRIDE + part * S::DT;
+        const float* vr = vs + j * S::STRIDE;
 #pragma unroll
-        for (int c = 0; c < S::DT; c += 4) {
-          const float4 x = *reinterpret_cast<const float4*>(vr + c);
-          acc[c] = fmaf(p, x.x, acc[c]);
-          acc[c + 1] = fmaf(p, x.y, acc[c + 1]);
-          acc[c + 2] = fmaf(p, x.z, acc[c + 2]);
-          acc[c + 3] = fmaf(p, x.w, acc[c + 3]);
+        for (int i = 0; i < S::DT / 4; ++i) {
+          const float4 x = *reinterpret_cast<const float4*>(vr + S::dim(part, i));
+          acc[4 * i] = fmaf(p, x.x, acc[4 * i]);
+          acc[4 * i + 1] = fmaf(p, x.y, acc[4 * i + 1]);
+          acc[4 * i + 2] = fmaf(p, x.z, acc[4 * i + 2]);
+          acc[4 * i + 3] = fmaf(p, x.w, acc[4 * i + 3]);
         }
       }
     }
-    __syncthreads();
   }
 
-  // Merge the groups of each row (group order), then write the rows: final, or this split's
-  // partial. Slot (g, r) holds a group's state; its max is then replaced by its weight.
+  if (a.G == 1) {
+    // One group: this thread's state is its row's, written straight out (final or partial).
+    if (r >= rows) return;
+    const int64_t at = a.splits == 1 ? bh * pr.lq + row : (bh * a.splits + split) * int64_t(pr.lq) + row;
+    float* dst = (a.splits == 1 ? a.out : a.part_acc) + at * dh;
+#pragma unroll
+    for (int i = 0; i < S::DT / 4; ++i) {
+      const int c = S::dim(part, i);
+      float x[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) x[e] = a.splits == 1 ? row_output(m, sum, kept, acc[4 * i + e]) : acc[4 * i + e];
+      if (vec) {
+        *reinterpret_cast<float4*>(dst + c) = make_float4(x[0], x[1], x[2], x[3]);
+      } else {
+        for (int e = 0; e < 4; ++e)
+          if (c + e < dh) dst[c + e] = x[e];
+      }
+    }
+    if (part == 0) {
+      if (a.splits == 1) a.lse[at] = row_lse(m, sum, kept);
+      else a.part_ml[at * 2] = m, a.part_ml[at * 2 + 1] = partial_sum(m, sum, kept);
+    }
+    return;
+  }
+
+  // Several groups: merge them per row in group order through shared memory, then write the
+  // rows. Slot (g, r) holds a group's state; its max is then replaced by its weight.
+  __syncthreads();  // everyone is done with the last tile
   float* slot_acc = smem;                           // [SLOTS][STRIDE]
   float* slot_m = slot_acc + S::SLOTS * S::STRIDE;  // [SLOTS] max, then weight exp(m_g - M_r)
   float* slot_s = slot_m + S::SLOTS;                // [SLOTS] sum
@@ -157,9 +222,9 @@ __global__ void __launch_bounds__(kFwdThreads) attention_forward_kernel(FwdArgs 
   float* row_total = row_max + S::SLOTS;            // [R]
   float* row_kept = row_total + S::SLOTS;           // [R]
   const int own = g * a.R + r;
-  for (int c = 0; c < S::DT; c += 4)
-    *reinterpret_cast<float4*>(slot_acc + own * S::STRIDE + part * S::DT + c) =
-        make_float4(acc[c], acc[c + 1], acc[c + 2], acc[c + 3]);
+  for (int i = 0; i < S::DT / 4; ++i)
+    *reinterpret_cast<float4*>(slot_acc + own * S::STRIDE + S::dim(part, i)) =
+        make_float4(acc[4 * i], acc[4 * i + 1], acc[4 * i + 2], acc[4 * i + 3]);
   if (part == 0) slot_m[own] = m, slot_s[own] = sum, slot_k[own] = kept ? 1.f : 0.f;
   __syncthreads();
   if (t < a.R) {
@@ -175,7 +240,6 @@ __global__ void __launch_bounds__(kFwdThreads) attention_forward_kernel(FwdArgs 
     row_max[t] = top, row_total[t] = total, row_kept[t] = any;
   }
   __syncthreads();
-  const int dh = pr.dh;
   const int64_t first = a.splits == 1 ? bh * pr.lq + row0 : (bh * a.splits + split) * int64_t(pr.lq) + row0;
   for (int e = t; e < rows * dh; e += kFwdThreads) {
     const int rr = e / dh, c = e % dh;
@@ -190,9 +254,8 @@ __global__ void __launch_bounds__(kFwdThreads) attention_forward_kernel(FwdArgs 
     if (a.splits == 1) {
       a.lse[first + t] = row_lse(top, total, any);
     } else {
-      // A partial with no finite logit records in its sum whether it kept a key (1) or not (0).
       a.part_ml[(first + t) * 2] = top;
-      a.part_ml[(first + t) * 2 + 1] = top == -INFINITY && total == 0.f ? (any ? 1.f : 0.f) : total;
+      a.part_ml[(first + t) * 2 + 1] = partial_sum(top, total, any);
     }
   }
 }

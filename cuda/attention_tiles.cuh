@@ -88,24 +88,6 @@ __device__ inline void lds(float (&x)[N], const float* p) {
   }
 }
 
-// q . k over one thread's DT dims (one multiply-add chain in dim order), then summed over the
-// TPR threads that share the row (adjacent lanes; every one of them must call this).
-template <int DT, int TPR>
-__device__ inline float row_dot(const float (&q)[DT], const float* k) {
-  float d = 0.f;
-#pragma unroll
-  for (int c = 0; c < DT; c += 4) {
-    const float4 x = *reinterpret_cast<const float4*>(k + c);
-    d = fmaf(q[c], x.x, d);
-    d = fmaf(q[c + 1], x.y, d);
-    d = fmaf(q[c + 2], x.z, d);
-    d = fmaf(q[c + 3], x.w, d);
-  }
-#pragma unroll
-  for (int o = 1; o < TPR; o <<= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
-  return d;
-}
-
 // A finished row from its maximum logit `top`, its normaliser `total` (relative to top), whether
 // it had any kept key, and an unnormalised output value x. No finite logit: every key masked
 // gives output 0 and lse -inf (the project's convention); kept keys whose logits are all -inf
