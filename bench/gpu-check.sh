@@ -158,6 +158,21 @@ if [ $BUILT = 1 ]; then
   fi
 fi
 
+# ---- 2b. the encoder-layer training step through the TypeScript API (needs Node) ----------------
+# The GPU machine has no Node: carry a binary and set GPU_CHECK_NODE, with dist/ and the CUDA
+# addon (prebuilds/linux-x64/node.napi.glibc.node from `npm run prebuild`) in the tree.
+NODE_BIN="${GPU_CHECK_NODE:-$(command -v node || true)}"
+ADDON="${GPU_CHECK_ADDON:-prebuilds/linux-x64/node.napi.glibc.node}"
+if [ $EMU = 1 ]; then
+  ADDON="${GPU_CHECK_ADDON:-build/emu/Release/luna_attention.node}"
+fi
+if [ -n "$NODE_BIN" ] && [ -x "$NODE_BIN" ] && [ -f "$ADDON" ] && [ -f dist/index.mjs ] && [ -f "$OUT/rows.json" ]; then
+  run_step layer_step 120 60 filter env LUNA_ADDON="$ADDON" "$NODE_BIN" bench/gpu/layer_step.mjs --rows "$OUT/rows.json" --reps 5
+else
+  echo "== layer_step: skipped (needs a node binary (GPU_CHECK_NODE), dist/, $ADDON and the rows of step 2)"
+  SUMMARY+=("layer_step: skipped")
+fi
+
 # ---- 3. PyTorch on the same device --------------------------------------------------------------
 rm -f "$OUT/torch.json"
 if [ $SKIP_TORCH = 1 ]; then
