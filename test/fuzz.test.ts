@@ -404,7 +404,29 @@ function mutate(o, f) {
     default: Object.defineProperty(o, f, { enumerable: true, configurable: true, get() { throw new Error(MARK); } });
   }
 }
-const names = Object.keys(addon).filter((k) => typeof addon[k] === 'function');
+// The device-memory functions (DeviceArray, cudaUpload, ...) take positional arguments, not one
+// options object: they get their own hostile calls below instead of the options mutations.
+const DEVICE_MEMORY = new Set(['DeviceArray', 'cudaUpload', 'cudaDownload', 'cudaDownloadAsync', 'cudaCopy', 'cudaZero',
+  'cudaSynchronize', 'cudaMemoryStats', 'cudaEmptyCache', 'cudaResetPeak', 'cudaDeviceInfo']);
+const names = Object.keys(addon).filter((k) => typeof addon[k] === 'function' && !DEVICE_MEMORY.has(k));
+{
+  // Hostile positional arguments: every call returns or throws an Error, never crashes.
+  const hostile = [undefined, null, 0, -1, 2 ** 31, NaN, 'float32', 'float64', {}, [], new Float32Array(3),
+    new Float64Array(2), new Uint8Array(0), new Int32Array(5), () => 0, Symbol('x')];
+  for (const name of DEVICE_MEMORY) {
+    if (typeof addon[name] !== 'function') continue;
+    for (let i = 0; i < 40; i++) {
+      const args = [pick(hostile), pick(hostile), pick(hostile)].slice(0, int(0, 3));
+      try {
+        const r = name === 'DeviceArray' ? new addon.DeviceArray(...args) : addon[name](...args);
+        if (r && typeof r.then === 'function') r.catch(() => {});
+        if (r && typeof r.release === 'function') r.release();
+      } catch (e) {
+        if (!(e instanceof Error)) problem(name, 'threw a non-Error ' + String(e));
+      }
+    }
+  }
+}
 let calls = 0, threw = 0, covered = new Set();
 function attempt(name, args) {
   calls++;
