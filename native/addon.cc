@@ -7,6 +7,7 @@
 #include "bindings/elementwise_binding.h"
 #include "bindings/gemm_binding.h"
 #include "bindings/nn_binding.h"
+#include "bindings/optim_binding.h"
 #include "bindings/runtime_binding.h"
 #include "bindings/softmax_binding.h"
 
@@ -21,6 +22,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   luna::register_causal(env, exports);
   luna::register_softmax(env, exports);
   luna::register_cuda(env, exports);
+  luna::register_optim(env, exports);
   return exports;
 }
 
