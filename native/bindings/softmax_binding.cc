@@ -1,8 +1,10 @@
 // N-API bindings of the softmax-attention kernels: one options object in, every field read
 // once up front into a SoftmaxAttentionParams, then the kernel. native/INTERFACE-softmax.md
-// documents the arguments.
+// documents the arguments. When the arrays are DeviceArrays (float32 only) the CUDA kernels run
+// instead (cuda/softmax_cuda.h); the reference entries stay on the CPU.
 #include "softmax_binding.h"
 
+#include "../../cuda/softmax_cuda.h"
 #include "../kernels/softmax_attention.h"
 #include "../reference/softmax_reference.h"
 #include "binding_util.h"
@@ -104,17 +106,33 @@ void run(bool reference, bool backward, const SoftmaxAttentionParams<T>& p) {
   else backward ? softmax_attention_backward(p) : softmax_attention_forward(p);
 }
 
+// Device arrays: the CUDA kernels, queued on the library's stream (lib/ waits when it reads).
+// The float64 references run on the CPU only.
+void run_cuda(bool reference, bool backward, const SoftmaxAttentionParams<float>& p, const Args& o) {
+  if (reference) require_host(o, backward ? "softmaxReferenceBackward" : "softmaxReferenceForward");
+  else backward ? cuda::softmax_attention_backward(p) : cuda::softmax_attention_forward(p);
+}
+
 template <bool reference, bool backward>
 Napi::Value softmax_entry(const Napi::CallbackInfo& info) {
   const Args o(info, "softmax attention",
                {"q", "k", "v", "mask", "out", "lse", "B", "h", "lq", "lk", "dh", "scale", "causal", "dropout", "seed",
                 "dout", "dq", "dk", "dv"});
   Napi::Value q = o.Get("q");
-  const napi_typedarray_type type =
-      q.IsTypedArray() ? q.As<Napi::TypedArray>().TypedArrayType() : napi_uint8_clamped_array;
-  if (type == napi_float32_array) run(reference, backward, read_params<float>(o, type, backward));
-  else if (type == napi_float64_array) run(reference, backward, read_params<double>(o, type, backward));
-  else throw Napi::TypeError::New(info.Env(), "q must be a Float32Array or Float64Array");
+  DeviceArrayView device_q;
+  const bool q_on_device = unwrap_device_array(info.Env(), q, device_q);
+  const napi_typedarray_type type = q_on_device ? device_q.type
+                                    : q.IsTypedArray() ? q.As<Napi::TypedArray>().TypedArrayType()
+                                                       : napi_uint8_clamped_array;
+  if (type == napi_float32_array) {
+    const SoftmaxAttentionParams<float> p = read_params<float>(o, type, backward);
+    if (o.on_cuda()) run_cuda(reference, backward, p, o);
+    else run(reference, backward, p);
+  } else if (type == napi_float64_array) {
+    run(reference, backward, read_params<double>(o, type, backward));  // a device array is never float64
+  } else {
+    throw Napi::TypeError::New(info.Env(), "q must be a Float32Array or Float64Array");
+  }
   return info.Env().Undefined();
 }
 
