@@ -143,7 +143,9 @@ __global__ void __launch_bounds__(kFwdThreads, 5) attention_forward_kernel(FwdAr
         if (c0 + u < per_thread) {
           const int j = g + (c0 + u) * a.G;
           const float* kr = ks + j * S::STRIDE;
-          float d = 0.f;  // one multiply-add chain over this thread's dims, then over the row's threads
+          // One multiply-add chain over this thread's dims, then the row's threads added as a
+          // pairwise tree; the backward recomputes S in this very order (attention_backward.cuh).
+          float d = 0.f;
 #pragma unroll
           for (int i = 0; i < S::DT / 4; ++i) {
             const float4 x = *reinterpret_cast<const float4*>(kr + S::dim(part, i));

@@ -22,6 +22,7 @@ struct BwdShape {
   static constexpr int STRIDE = DH + 4;   // shared row stride of q, dO, O, K, V tiles
   static constexpr int PSTRIDE = KT + 4;  // shared row stride of the P~ and dS tiles
   static constexpr int TR = RT / 16, TK = KT / 16, DD = DH / 16;
+  static constexpr int FTPR = DH / 32;    // the forward's threads per row (its dot's chains)
   static constexpr int PREGION = 2 * RT * PSTRIDE > RT * STRIDE ? 2 * RT * PSTRIDE : RT * STRIDE;
   static constexpr size_t smem_bytes(bool tied) {
     return sizeof(float) * ((tied ? 1 : 2) * KT * STRIDE + 2 * RT * STRIDE + PREGION + 2 * RT + KT);
@@ -101,30 +102,47 @@ __global__ void __launch_bounds__(kBwdThreads, 2) attention_backward_kernel(BwdA
       }
       __syncthreads();  // O's staging is overwritten by P~ below
 
-      // S = q K^T and dP = dO V^T for this thread's rows and keys.
-      float sv[S::TR][S::TK], dp[S::TR][S::TK];
+      // S = q K^T and dP = dO V^T for this thread's rows and keys. S is summed in exactly the
+      // forward's order (FTPR interleaved chains of float4 chunks, then a pairwise tree), so the
+      // recomputed logits equal the forward's bit for bit and a dominant key's P = exp(s - lse)
+      // keeps the cancellation between s and lse; dP is one chain in dim order, like D.
+      float sv[S::FTPR][S::TR][S::TK], dp[S::TR][S::TK];
       for (int i = 0; i < S::TR; ++i)
-        for (int k = 0; k < S::TK; ++k) sv[i][k] = 0.f, dp[i][k] = 0.f;
-      for (int c = 0; c < DH; c += 4) {
-        float4 qv[S::TR], dov[S::TR], kv[S::TK], vv[S::TK];
-#pragma unroll
-        for (int i = 0; i < S::TR; ++i) {
-          qv[i] = *reinterpret_cast<const float4*>(qs + (ty + 16 * i) * S::STRIDE + c);
-          dov[i] = *reinterpret_cast<const float4*>(dos + (ty + 16 * i) * S::STRIDE + c);
-        }
-#pragma unroll
         for (int k = 0; k < S::TK; ++k) {
-          kv[k] = *reinterpret_cast<const float4*>(ks + (tx + 16 * k) * S::STRIDE + c);
-          vv[k] = *reinterpret_cast<const float4*>(vs + (tx + 16 * k) * S::STRIDE + c);
+          dp[i][k] = 0.f;
+          for (int f = 0; f < S::FTPR; ++f) sv[f][i][k] = 0.f;
         }
+      // (Two passes over the dims, so that only one pair of operand tiles is live at a time.)
+#pragma unroll
+      for (int c4 = 0; c4 < DH / 4; ++c4) {
+        const int c = 4 * c4, f = c4 % S::FTPR;
+        float4 qv[S::TR], kv[S::TK];
+#pragma unroll
+        for (int i = 0; i < S::TR; ++i) qv[i] = *reinterpret_cast<const float4*>(qs + (ty + 16 * i) * S::STRIDE + c);
+#pragma unroll
+        for (int k = 0; k < S::TK; ++k) kv[k] = *reinterpret_cast<const float4*>(ks + (tx + 16 * k) * S::STRIDE + c);
 #pragma unroll
         for (int i = 0; i < S::TR; ++i)
 #pragma unroll
           for (int k = 0; k < S::TK; ++k) {
-            sv[i][k] = fmaf(qv[i].x, kv[k].x, sv[i][k]);
-            sv[i][k] = fmaf(qv[i].y, kv[k].y, sv[i][k]);
-            sv[i][k] = fmaf(qv[i].z, kv[k].z, sv[i][k]);
-            sv[i][k] = fmaf(qv[i].w, kv[k].w, sv[i][k]);
+            float& a = sv[f][i][k];
+            a = fmaf(qv[i].x, kv[k].x, a);
+            a = fmaf(qv[i].y, kv[k].y, a);
+            a = fmaf(qv[i].z, kv[k].z, a);
+            a = fmaf(qv[i].w, kv[k].w, a);
+          }
+      }
+#pragma unroll 4
+      for (int c = 0; c < DH; c += 4) {
+        float4 dov[S::TR], vv[S::TK];
+#pragma unroll
+        for (int i = 0; i < S::TR; ++i) dov[i] = *reinterpret_cast<const float4*>(dos + (ty + 16 * i) * S::STRIDE + c);
+#pragma unroll
+        for (int k = 0; k < S::TK; ++k) vv[k] = *reinterpret_cast<const float4*>(vs + (tx + 16 * k) * S::STRIDE + c);
+#pragma unroll
+        for (int i = 0; i < S::TR; ++i)
+#pragma unroll
+          for (int k = 0; k < S::TK; ++k) {
             dp[i][k] = fmaf(dov[i].x, vv[k].x, dp[i][k]);
             dp[i][k] = fmaf(dov[i].y, vv[k].y, dp[i][k]);
             dp[i][k] = fmaf(dov[i].z, vv[k].z, dp[i][k]);
@@ -141,7 +159,9 @@ __global__ void __launch_bounds__(kBwdThreads, 2) attention_backward_kernel(BwdA
           const float l = row_lse[row];
           float pv = 0.f, dsv = 0.f;
           if (kvalid[key] != 0.f && l != -INFINITY) {
-            const float prob = expf(pr.scale * sv[i][k] - l);
+            float parts[S::FTPR];
+            for (int f = 0; f < S::FTPR; ++f) parts[f] = sv[f][i][k];
+            const float prob = expf(pr.scale * tree_sum<S::FTPR>(parts) - l);
             const float f = pr.drop.active ? pr.drop.factor(uint64_t(row0 + row) * uint64_t(pr.lk) + uint64_t(k0 + key))
                                            : 1.f;
             dsv = pr.scale * (prob * (dp[i][k] * f - row_D[row]));

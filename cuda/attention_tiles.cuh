@@ -88,6 +88,14 @@ __device__ inline void lds(float (&x)[N], const float* p) {
   }
 }
 
+// x[0] + ... + x[N-1] as a pairwise tree, ((x0 + x1) + (x2 + x3)) + ...: the order in which the
+// forward's shuffles add the partial dots of a row's N threads.
+template <int N>
+__device__ inline float tree_sum(const float* x) {
+  if constexpr (N == 1) return x[0];
+  else return tree_sum<N / 2>(x) + tree_sum<N / 2>(x + N / 2);
+}
+
 // A finished row from its maximum logit `top`, its normaliser `total` (relative to top), whether
 // it had any kept key, and an unnormalised output value x. No finite logit: every key masked
 // gives output 0 and lse -inf (the project's convention); kept keys whose logits are all -inf
