@@ -8,6 +8,7 @@
 import { checkOptions, describe, mismatch } from '../errors';
 import type { Tensor } from '../tensor';
 import { Optimizer, checkNonNegative } from './optimizer';
+import { optimNative, runOptim } from './native';
 
 /** Options of {@link Adam} and {@link AdamW}. */
 export interface AdamOptions {
@@ -59,30 +60,47 @@ abstract class AdamBase extends Optimizer {
     this.decoupled = decoupled;
   }
 
-  /** One update of every parameter that has a gradient. */
+  /**
+   * One update of every parameter that has a gradient: one fused native call per parameter
+   * (on the GPU for a CUDA parameter), computing per element, in float64 and in this order,
+   * ```
+   * g = grad + l2 * p;  p *= shrink                       (l2 = wd for Adam; shrink = 1 - lr * wd for AdamW)
+   * m = beta1 * m + (1 - beta1) * g;  v = beta2 * v + (1 - beta2) * g * g
+   * p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps)
+   * ```
+   * with p, m and v rounded to the storage type where stored: the rules and roundings of the
+   * JS loop this replaced, bit for bit.
+   */
   step(): void {
+    const where = `${this.name}.step`;
     const lr = this.lr;
     const [beta1, beta2] = this.betas;
-    const { eps, weightDecay: wd, decoupled } = this;
-    // AdamW shrinks the weights first; Adam folds the decay into the gradient instead.
-    const shrink = decoupled ? 1 - lr * wd : 1;
-    const l2 = decoupled ? 0 : wd;
-    this.eachParamWithGrad((i, p, g) => {
+    const { eps, weightDecay, decoupled } = this;
+    const native = optimNative();
+    this.eachParamWithGrad((i, param, grad) => {
       const s = this.stateFor(i);
-      const t = ++s.step;
-      const m = s.buffers.exp_avg;
-      const v = s.buffers.exp_avg_sq;
+      const t = s.step + 1;
       // torch computes lr / (1 - beta1^t) and sqrt(v) / sqrt(1 - beta2^t) + eps, in that form;
-      // eps is added after the correction, which matters when v is tiny.
-      const stepSize = lr / (1 - beta1 ** t);
-      const bc2Sqrt = Math.sqrt(1 - beta2 ** t);
-      for (let j = 0; j < p.length; j++) {
-        const gj = g[j] + l2 * p[j];
-        if (shrink !== 1) p[j] *= shrink;
-        m[j] = beta1 * m[j] + (1 - beta1) * gj;
-        v[j] = beta2 * v[j] + (1 - beta2) * gj * gj;
-        p[j] -= (stepSize * m[j]) / (Math.sqrt(v[j]) / bc2Sqrt + eps);
-      }
+      // eps is added after the correction, which matters when v is tiny. The powers are taken
+      // here, with JS's own `**`, so that the update is the one the JS loop made (the C
+      // library's pow differs from V8's in the last bit for some (beta, t)).
+      runOptim(where, () =>
+        native.adamStep({
+          param,
+          grad,
+          expAvg: s.buffers.exp_avg,
+          expAvgSq: s.buffers.exp_avg_sq,
+          lr,
+          beta1,
+          beta2,
+          eps,
+          weightDecay,
+          decoupled,
+          biasCorrection1: 1 - beta1 ** t,
+          biasCorrection2: 1 - beta2 ** t,
+        }),
+      );
+      s.step = t;
     });
   }
 }
@@ -97,7 +115,7 @@ abstract class AdamBase extends Optimizer {
  */
 export class Adam extends AdamBase {
   /**
-   * @param params - the leaf tensors to update (float32 or float64, CPU)
+   * @param params - the leaf tensors to update (float32 or float64 on the CPU, float32 on cuda)
    * @param options - see {@link AdamOptions}; weightDecay defaults to 0
    */
   constructor(params: Tensor[], options?: AdamOptions) {
@@ -111,7 +129,7 @@ export class Adam extends AdamBase {
  */
 export class AdamW extends AdamBase {
   /**
-   * @param params - the leaf tensors to update (float32 or float64, CPU)
+   * @param params - the leaf tensors to update (float32 or float64 on the CPU, float32 on cuda)
    * @param options - see {@link AdamOptions}; weightDecay defaults to 0.01
    */
   constructor(params: Tensor[], options?: AdamOptions) {

@@ -5,8 +5,9 @@
  */
 import { LunaError, checkBoolean, checkOptions, describe, mismatch } from '../errors';
 import { isFloatDType } from '../dtype';
-import { Tensor, floatData } from '../tensor';
+import { Tensor, nativeData } from '../tensor';
 import { checkNonNegative } from './optimizer';
+import { NativeBuffer, optimNative, runOptim } from './native';
 
 /** Options of {@link clipGradNorm}. */
 export interface ClipGradNormOptions {
@@ -24,6 +25,10 @@ export interface ClipGradNormOptions {
  * As in PyTorch, the scale is `maxNorm / (total + 1e-6)` and is applied only when it is below
  * 1; the 1e-6 keeps the division finite for an all-zero gradient. A NaN or infinite total
  * makes every gradient NaN (or zero), unless `errorIfNonfinite` asks for an error instead.
+ *
+ * The norm is accumulated in float64 by the native reduction, one call per device and dtype
+ * (gradients on the GPU are reduced there; only the number comes back), in a fixed order: the
+ * same gradients give the same bits on every run and for any thread count.
  *
  * @param params - the parameters (a tensor or an array of tensors)
  * @param maxNorm - the largest allowed norm, a finite number >= 0
@@ -48,37 +53,35 @@ export function clipGradNorm(
   }
   const strict = checkBoolean(where, 'options.errorIfNonfinite', opts.errorIfNonfinite ?? false);
 
-  const grads: (Float32Array | Float64Array)[] = [];
+  // Grouped by device and dtype (a native call takes one of each), in order of appearance.
+  const groups = new Map<string, NativeBuffer[]>();
+  const grads: NativeBuffer[] = [];
   list.forEach((t, i) => {
     if (!(t instanceof Tensor)) throw mismatch('ERR_ARGUMENT', where, `params[${i}]`, 'a Tensor', describe(t));
     if (t.grad === null) return;
     if (!isFloatDType(t.grad.dtype)) {
       throw mismatch('ERR_DTYPE', where, `params[${i}].grad.dtype`, 'float32 or float64', t.grad.dtype);
     }
-    grads.push(floatData(t.grad, where, `params[${i}].grad`));
+    const g = nativeData(t.grad, where, `params[${i}].grad`) as NativeBuffer;
+    const key = `${t.grad.device}/${t.grad.dtype}`;
+    const group = groups.get(key);
+    if (group === undefined) groups.set(key, [g]);
+    else group.push(g);
+    grads.push(g);
   });
   if (grads.length === 0) return 0;
 
-  // Accumulate in float64 whatever the gradients' dtype: the sum of squares of many float32
-  // values loses digits fast in float32.
-  let total: number;
-  if (p === Infinity) {
-    total = 0;
-    for (const g of grads) {
-      for (let j = 0; j < g.length; j++) {
-        const a = Math.abs(g[j]);
-        if (!(a <= total)) total = a; // lets NaN through, as torch's max does
-      }
-    }
-  } else {
-    let sum = 0;
-    for (const g of grads) {
-      if (p === 2) for (let j = 0; j < g.length; j++) sum += g[j] * g[j];
-      else if (p === 1) for (let j = 0; j < g.length; j++) sum += Math.abs(g[j]);
-      else for (let j = 0; j < g.length; j++) sum += Math.abs(g[j]) ** p;
-    }
-    total = p === 1 ? sum : p === 2 ? Math.sqrt(sum) : sum ** (1 / p);
+  // Accumulated in float64 whatever the gradients' dtype: the sum of squares of many float32
+  // values loses digits fast in float32. For p = Infinity the reduction is the largest
+  // magnitude, NaN if any element is NaN (torch's max); otherwise the sum of |g|^p.
+  const native = optimNative();
+  let reduced = 0;
+  for (const xs of groups.values()) {
+    const r = runOptim(where, () => native.normReduce({ xs, normType: p }));
+    if (p === Infinity) reduced = Number.isNaN(reduced) || r <= reduced ? reduced : r;
+    else reduced += r;
   }
+  const total = p === Infinity || p === 1 ? reduced : p === 2 ? Math.sqrt(reduced) : reduced ** (1 / p);
   if (strict && !Number.isFinite(total)) {
     throw new LunaError(
       'ERR_ARGUMENT',
@@ -88,7 +91,7 @@ export function clipGradNorm(
   const coef = max / (total + 1e-6);
   // `!(coef >= 1)` is also true for NaN, which then spreads into the gradients as in torch.
   if (!(coef >= 1)) {
-    for (const g of grads) for (let j = 0; j < g.length; j++) g[j] *= coef;
+    for (const x of grads) runOptim(where, () => native.scaleInPlace({ x, scale: coef }));
   }
   return total;
 }

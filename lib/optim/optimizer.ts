@@ -2,18 +2,29 @@
  * The optimizer base class: parameter bookkeeping, the learning rate, `zeroGrad()` and the
  * optimizer state dict. The update rules live in the subclasses (sgd.ts, adam.ts).
  *
- * Updates run on the CPU in plain typed-array loops over the parameters' own buffers, in
- * place, as `torch.optim` updates `param.data`. State buffers have the parameter's dtype, so a
- * float32 model keeps float32 moments like PyTorch does.
+ * Updates run in place on the parameters' own buffers, as `torch.optim` updates `param.data`,
+ * through one fused native call per parameter (lib/optim/native.ts): C++ for CPU tensors, a CUDA
+ * kernel for CUDA tensors, so a CUDA model's step never leaves the GPU. State buffers have the
+ * parameter's dtype and device, so a float32 model keeps float32 moments like PyTorch does.
  *
  * @packageDocumentation
  */
 import { LunaError, checkFinite, describe, formatShape, mismatch } from '../errors';
 import { isFloatDType, sameShape } from '../dtype';
-import { Tensor, floatData, makeTensor, tensorData } from '../tensor';
+import { deviceAlloc, deviceClone, isDeviceArray } from '../device';
+import { Tensor, makeTensor, nativeData, tensorData } from '../tensor';
+import type { NativeBuffer } from './native';
 
-/** A float buffer: a parameter's, a gradient's or a state buffer. */
-export type FloatBuffer = Float32Array | Float64Array;
+/**
+ * A float buffer: a parameter's, a gradient's or a state buffer; a typed array on the CPU, a
+ * DeviceArray (float32) on cuda.
+ */
+export type FloatBuffer = NativeBuffer;
+
+/** A copy of a buffer on its own device. */
+function cloneBuffer(where: string, buf: FloatBuffer): FloatBuffer {
+  return isDeviceArray(buf) ? deviceClone(where, buf, 'float32') : buf.slice();
+}
 
 /** The per-parameter state: the number of updates it received and the rule's buffers. */
 export interface ParamState {
@@ -31,7 +42,8 @@ export function checkNonNegative(where: string, arg: string, value: unknown): nu
 }
 
 /**
- * Validates a parameter list: a non-empty array of distinct, live, float, CPU leaf tensors.
+ * Validates a parameter list: a non-empty array of distinct, live, float leaf tensors (on any
+ * device; each is updated where it lives).
  * Non-leaf tensors are refused for the reason PyTorch refuses them: an update written into a
  * computed tensor would not reach anything the next forward pass reads.
  */
@@ -46,11 +58,10 @@ function checkParams(where: string, params: unknown): Tensor[] {
   params.forEach((p: unknown, i) => {
     const arg = `params[${i}]`;
     if (!(p instanceof Tensor)) throw mismatch('ERR_ARGUMENT', where, arg, 'a Tensor', describe(p));
-    tensorData(p, where, arg);
+    nativeData(p, where, arg);
     if (!isFloatDType(p.dtype)) {
       throw mismatch('ERR_DTYPE', where, `${arg}.dtype`, 'float32 or float64', p.dtype);
     }
-    if (p.device !== 'cpu') throw mismatch('ERR_DEVICE', where, `${arg}.device`, 'cpu', p.device);
     if (!p.isLeaf) {
       throw new LunaError(
         'ERR_ARGUMENT',
@@ -122,7 +133,8 @@ export abstract class Optimizer {
   }
 
   /**
-   * @internal Calls `fn` for each parameter that has a gradient, with the buffers to update.
+   * @internal Calls `fn` for each parameter that has a gradient, with the buffers to update (as
+   * stored: typed arrays or device arrays, for the native update; never indexed in JS).
    * Checks that the parameter and its gradient are still alive first.
    */
   protected eachParamWithGrad(fn: (index: number, param: FloatBuffer, grad: FloatBuffer) => void): void {
@@ -130,8 +142,8 @@ export abstract class Optimizer {
     this.params.forEach((p, i) => {
       const g = p.grad;
       if (g === null) return;
-      const param = floatData(p, where, `params[${i}]`);
-      const grad = floatData(g, where, `params[${i}].grad`);
+      const param = nativeData(p, where, `params[${i}]`) as FloatBuffer;
+      const grad = nativeData(g, where, `params[${i}].grad`) as FloatBuffer;
       fn(i, param, grad);
     });
   }
@@ -142,8 +154,14 @@ export abstract class Optimizer {
     if (s === null) {
       const p = this.params[i];
       const buffers: Record<string, FloatBuffer> = {};
+      const where = `${this.name}.step`;
       for (const name of this.bufferNames) {
-        buffers[name] = p.dtype === 'float64' ? new Float64Array(p.size) : new Float32Array(p.size);
+        buffers[name] =
+          p.device === 'cuda'
+            ? deviceAlloc(where, p.dtype, p.size, true)
+            : p.dtype === 'float64'
+              ? new Float64Array(p.size)
+              : new Float32Array(p.size);
       }
       s = { step: 0, buffers };
       this.state[i] = s;
@@ -154,17 +172,18 @@ export abstract class Optimizer {
   /**
    * The optimizer state as tensors, ready for `saveSafetensors`: `lr` (a float64 scalar) and,
    * for every parameter updated at least once, `state.<i>.step` (a float64 scalar) and
-   * `state.<i>.<buffer>` (the parameter's shape and dtype), `i` being the index in `params`.
-   * The tensors are copies.
+   * `state.<i>.<buffer>` (the parameter's shape, dtype and device), `i` being the index in
+   * `params`. The tensors are copies.
    */
   stateDict(): Record<string, Tensor> {
+    const where = `${this.name}.stateDict`;
     const out: Record<string, Tensor> = { lr: makeTensor(Float64Array.of(this.currentLr), [], 'float64') };
     this.state.forEach((s, i) => {
       if (s === null) return;
       const p = this.params[i];
       out[`state.${i}.step`] = makeTensor(Float64Array.of(s.step), [], 'float64');
       for (const name of this.bufferNames) {
-        out[`state.${i}.${name}`] = makeTensor(s.buffers[name].slice(), p.shape, p.dtype);
+        out[`state.${i}.${name}`] = makeTensor(cloneBuffer(where, s.buffers[name]), p.shape, p.dtype, p.device);
       }
     });
     return out;
@@ -172,7 +191,8 @@ export abstract class Optimizer {
 
   /**
    * Restores a state saved by {@link Optimizer.stateDict} of an optimizer of the same kind
-   * over parameters of the same shapes and dtypes. Strict: a missing, extra or mis-shaped
+   * over parameters of the same shapes and dtypes. Each buffer must be on its parameter's device
+   * (move a CPU checkpoint with `.to('cuda')` first). Strict: a missing, extra or mis-shaped
    * entry throws and leaves this optimizer unchanged.
    */
   loadStateDict(stateDict: Record<string, Tensor>): void {
@@ -191,7 +211,7 @@ export abstract class Optimizer {
     };
     const lr = checkNonNegative(where, 'stateDict["lr"]', scalar('lr'));
     const used = new Set<string>(['lr']);
-    const next: (ParamState | null)[] = this.params.map((p, i) => {
+    const next: ({ step: number } | null)[] = this.params.map((p, i) => {
       const stepKey = `state.${i}.step`;
       if (!(stepKey in stateDict)) return null;
       used.add(stepKey);
@@ -199,7 +219,6 @@ export abstract class Optimizer {
       if (!Number.isSafeInteger(step) || step < 0) {
         throw mismatch('ERR_ARGUMENT', where, `stateDict[${JSON.stringify(stepKey)}]`, 'a non-negative integer', describe(step));
       }
-      const buffers: Record<string, FloatBuffer> = {};
       for (const name of this.bufferNames) {
         const key = `state.${i}.${name}`;
         const t = stateDict[key] as unknown;
@@ -213,10 +232,13 @@ export abstract class Optimizer {
         if (t.dtype !== p.dtype) {
           throw mismatch('ERR_DTYPE', where, `stateDict[${JSON.stringify(key)}].dtype`, p.dtype, t.dtype);
         }
-        buffers[name] = (floatData(t, where, key) as FloatBuffer).slice();
+        if (t.device !== p.device) {
+          throw mismatch('ERR_DEVICE', where, `stateDict[${JSON.stringify(key)}].device`, p.device, t.device);
+        }
+        nativeData(t, where, key);
         used.add(key);
       }
-      return { step, buffers };
+      return { step };
     });
     const extra = Object.keys(stateDict).find((k) => !used.has(k));
     if (extra !== undefined) {
@@ -227,9 +249,22 @@ export abstract class Optimizer {
           `(for ${this.params.length} parameters; buffers: ${buffers})`,
       );
     }
+    // Copy only now that every entry passed, so a refused state dict leaves nothing behind.
+    const copied = next.map((s, i) => {
+      if (s === null) return null;
+      const buffers: Record<string, FloatBuffer> = {};
+      for (const name of this.bufferNames) {
+        const key = `state.${i}.${name}`;
+        buffers[name] = cloneBuffer(where, nativeData(stateDict[key], where, key) as FloatBuffer);
+      }
+      return { step: s.step, buffers };
+    });
     this.currentLr = lr;
-    next.forEach((s, i) => {
+    copied.forEach((s, i) => {
+      const old = this.state[i];
       this.state[i] = s;
+      // Device moments go back to the caching allocator now, not when the collector finds them.
+      if (old !== null) for (const b of Object.values(old.buffers)) if (isDeviceArray(b)) b.release();
     });
   }
 }

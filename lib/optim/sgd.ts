@@ -1,12 +1,13 @@
 /**
- * Stochastic gradient descent with optional momentum, Nesterov momentum and L2 weight decay,
- * step for step the rule of `torch.optim.SGD` (with dampening 0).
+ * Stochastic gradient descent with optional momentum, dampening, Nesterov momentum and L2 weight
+ * decay, step for step the rule of `torch.optim.SGD`.
  *
  * @packageDocumentation
  */
 import { LunaError, checkBoolean, checkOptions, mismatch } from '../errors';
 import type { Tensor } from '../tensor';
 import { Optimizer, checkNonNegative } from './optimizer';
+import { optimNative, runOptim } from './native';
 
 /** Options of {@link SGD}. */
 export interface SGDOptions {
@@ -14,19 +15,21 @@ export interface SGDOptions {
   lr: number;
   /** Momentum factor, >= 0. Default 0 (plain SGD). */
   momentum?: number;
+  /** Dampening of the momentum: the gradient enters the buffer scaled by `1 - dampening`. Default 0. */
+  dampening?: number;
   /** L2 penalty added to the gradient (`g + weightDecay * p`), >= 0. Default 0. */
   weightDecay?: number;
-  /** Nesterov momentum; needs `momentum > 0`. Default false. */
+  /** Nesterov momentum; needs `momentum > 0` and `dampening` 0 (as torch). Default false. */
   nesterov?: boolean;
 }
 
-const KEYS = ['lr', 'momentum', 'weightDecay', 'nesterov'] as const;
+const KEYS = ['lr', 'momentum', 'dampening', 'weightDecay', 'nesterov'] as const;
 
 /**
- * SGD, as `torch.optim.SGD(params, lr, momentum, dampening=0, weight_decay, nesterov)`:
+ * SGD, as `torch.optim.SGD(params, lr, momentum, dampening, weight_decay, nesterov)`:
  * ```
  * g = grad + weightDecay * p
- * buf = g (first step) or momentum * buf + g
+ * buf = g (first step) or momentum * buf + (1 - dampening) * g
  * g = nesterov ? g + momentum * buf : buf          (when momentum > 0)
  * p = p - lr * g
  * ```
@@ -34,6 +37,8 @@ const KEYS = ['lr', 'momentum', 'weightDecay', 'nesterov'] as const;
 export class SGD extends Optimizer {
   /** The momentum factor. */
   readonly momentum: number;
+  /** The dampening of the momentum. */
+  readonly dampening: number;
   /** The L2 weight decay. */
   readonly weightDecay: number;
   /** Whether the update uses Nesterov momentum. */
@@ -41,7 +46,7 @@ export class SGD extends Optimizer {
   protected readonly bufferNames: readonly string[];
 
   /**
-   * @param params - the leaf tensors to update (float32 or float64, CPU)
+   * @param params - the leaf tensors to update (float32 or float64 on the CPU, float32 on cuda)
    * @param options - see {@link SGDOptions}; `lr` is required
    */
   constructor(params: Tensor[], options: SGDOptions) {
@@ -50,36 +55,49 @@ export class SGD extends Optimizer {
     if (opts.lr === undefined) throw mismatch('ERR_ARGUMENT', where, 'options.lr', 'a finite number >= 0', 'undefined');
     const lr = checkNonNegative(where, 'options.lr', opts.lr);
     const momentum = checkNonNegative(where, 'options.momentum', opts.momentum ?? 0);
+    const dampening = checkNonNegative(where, 'options.dampening', opts.dampening ?? 0);
     const weightDecay = checkNonNegative(where, 'options.weightDecay', opts.weightDecay ?? 0);
     const nesterov = checkBoolean(where, 'options.nesterov', opts.nesterov ?? false);
     if (nesterov && momentum === 0) {
       throw new LunaError('ERR_ARGUMENT', `${where}: options.nesterov needs options.momentum > 0`);
     }
+    if (nesterov && dampening !== 0) {
+      throw new LunaError('ERR_ARGUMENT', `${where}: options.nesterov needs options.dampening 0 (got ${dampening})`);
+    }
     super(where, params, lr);
     this.momentum = momentum;
+    this.dampening = dampening;
     this.weightDecay = weightDecay;
     this.nesterov = nesterov;
     this.bufferNames = momentum > 0 ? ['momentum_buffer'] : [];
   }
 
-  /** One update of every parameter that has a gradient. */
+  /**
+   * One update of every parameter that has a gradient: one fused native call per parameter (on
+   * the GPU for a CUDA parameter), in float64 per element with the buffer and the parameter
+   * rounded to the storage type where stored, as the JS loop this replaced did.
+   */
   step(): void {
-    const { lr, momentum, weightDecay: wd, nesterov } = this;
-    this.eachParamWithGrad((i, p, g) => {
+    const where = `${this.name}.step`;
+    const { lr, momentum, dampening, weightDecay, nesterov } = this;
+    const native = optimNative();
+    this.eachParamWithGrad((i, param, grad) => {
       const s = this.stateFor(i);
-      const first = s.step === 0;
-      s.step++;
-      if (momentum === 0) {
-        for (let j = 0; j < p.length; j++) p[j] -= lr * (g[j] + wd * p[j]);
-        return;
-      }
       // As in torch, the buffer starts as a copy of the first (decayed) gradient.
-      const buf = s.buffers.momentum_buffer;
-      for (let j = 0; j < p.length; j++) {
-        const gj = g[j] + wd * p[j];
-        buf[j] = first ? gj : momentum * buf[j] + gj;
-        p[j] -= lr * (nesterov ? gj + momentum * buf[j] : buf[j]);
-      }
+      runOptim(where, () =>
+        native.sgdStep({
+          param,
+          grad,
+          momentumBuffer: momentum > 0 ? s.buffers.momentum_buffer : null,
+          lr,
+          momentum,
+          dampening,
+          weightDecay,
+          nesterov,
+          firstStep: s.step === 0,
+        }),
+      );
+      s.step++;
     });
   }
 }
