@@ -9,6 +9,7 @@
 // with the float64 reference, and the kernels are limited by memory, not by the exp.
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "../native/kernels/counter_rng.h"
 #include "common.cuh"
@@ -26,16 +27,39 @@ constexpr int kLnThreads = kLnWarps * 32;
 // The backward's parameter gradients go through one partial row per row block: about
 // kLnBlockWork elements a block, at most kLnMaxBlocks blocks.
 constexpr int64_t kLnBlockWork = 4096;
-constexpr int64_t kLnMaxBlocks = 512;
+constexpr int64_t kLnMaxBlocks = 1024;
 
 // Lane `lane` of a warp holds the row's columns lane, lane + 32, ..., kPer of them, in registers,
 // so the row is read from memory once. kPer = 0: the row is too wide for registers (d > 1024) and
 // each pass re-reads it (from L1/L2).
 inline int ln_per_lane(int64_t d) { return d <= 128 ? 4 : d <= 256 ? 8 : d <= 512 ? 16 : d <= 1024 ? 32 : 0; }
 
+// s + e = a + b exactly, s = fl(a + b) (Knuth's two-sum: adds only, so nothing can be fused).
+__device__ inline void two_sum(float a, float b, float& s, float& e) {
+  s = a + b;
+  const float bb = s - a;
+  e = (a - (s - bb)) + (b - bb);
+}
+
+// The warp's compensated sum: every lane's (hi, lo) added, every lane gets the same pair (the
+// error term of a two-sum is exact, so both lanes of an exchange compute identical values).
+__device__ inline void warp_sum2(float& hi, float& lo) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const float h = __shfl_xor_sync(0xffffffffu, hi, o), l = __shfl_xor_sync(0xffffffffu, lo, o);
+    float e;
+    two_sum(hi, h, hi, e);
+    lo = (lo + l) + e;
+  }
+}
+
 // x, out: (rows, d); weight, bias: (d) or null; mean, rstd: (rows). Block: kLnWarps warps, one
 // row each. Two passes over the registers (mean, then the centred variance): no cancellation
 // when the mean is large against the spread, as on the CPU.
+//
+// The CPU accumulates the statistics in double; here the accumulators are float32, so the row sum
+// is compensated (two-sum) and the mean kept as a pair mean + mean_lo: x - mean is then centred to
+// about float precision squared. Why it matters: an error in the mean reaches every output
+// multiplied by rstd, which is large for a row whose spread is small against its mean.
 template <int kPer>
 __global__ void __launch_bounds__(kLnThreads) layer_norm_forward_kernel(LayerNormParams<float> p, float eps) {
   const int lane = threadIdx.x & 31;
@@ -44,32 +68,41 @@ __global__ void __launch_bounds__(kLnThreads) layer_norm_forward_kernel(LayerNor
   const int64_t d = p.d;
   const float* x = p.x + r * d;
   float v[kPer > 0 ? kPer : 1];
-  float sum = 0.f;
+  float hi = 0.f, lo = 0.f, e;
   if constexpr (kPer > 0) {
 #pragma unroll
     for (int k = 0; k < kPer; ++k) {
       const int64_t j = lane + 32 * k;
       v[k] = j < d ? x[j] : 0.f;
-      sum += v[k];
+      two_sum(hi, v[k], hi, e);
+      lo += e;
     }
   } else {
-    for (int64_t j = lane; j < d; j += 32) sum += x[j];
+    for (int64_t j = lane; j < d; j += 32) two_sum(hi, x[j], hi, e), lo += e;
   }
-  const float mean = warp_sum(sum) / float(d);
+  warp_sum2(hi, lo);
+  const float fd = float(d);
+  const float mean = (hi + lo) / fd;
+  const float mean_lo = (fmaf(-mean, fd, hi) + lo) / fd;  // the division's remainder, divided
   float sq = 0.f;
   if constexpr (kPer > 0) {
 #pragma unroll
-    for (int k = 0; k < kPer; ++k)
-      if (lane + 32 * k < d) sq += (v[k] - mean) * (v[k] - mean);
+    for (int k = 0; k < kPer; ++k) {
+      v[k] = (v[k] - mean) - mean_lo;  // from here on v holds the centred row
+      if (lane + 32 * k < d) sq += v[k] * v[k];
+    }
   } else {
-    for (int64_t j = lane; j < d; j += 32) sq += (x[j] - mean) * (x[j] - mean);
+    for (int64_t j = lane; j < d; j += 32) {
+      const float c = (x[j] - mean) - mean_lo;
+      sq += c * c;
+    }
   }
   // 1 / sqrtf (both correctly rounded), not rsqrtf (an approximation): rstd is saved.
-  const float rstd = 1.f / sqrtf(warp_sum(sq) / float(d) + eps);
+  const float rstd = 1.f / sqrtf(warp_sum(sq) / fd + eps);
   if (lane == 0) p.mean[r] = mean, p.rstd[r] = rstd;
   float* out = p.out + r * d;
-  auto emit = [&](int64_t j, float xj) {
-    float y = (xj - mean) * rstd;
+  auto emit = [&](int64_t j, float centred) {
+    float y = centred * rstd;
     if (p.weight != nullptr) y = y * p.weight[j];
     if (p.bias != nullptr) y = y + p.bias[j];
     out[j] = y;
@@ -79,7 +112,7 @@ __global__ void __launch_bounds__(kLnThreads) layer_norm_forward_kernel(LayerNor
     for (int k = 0; k < kPer; ++k)
       if (lane + 32 * k < d) emit(lane + 32 * k, v[k]);
   } else {
-    for (int64_t j = lane; j < d; j += 32) emit(j, x[j]);
+    for (int64_t j = lane; j < d; j += 32) emit(j, (x[j] - mean) - mean_lo);
   }
 }
 
@@ -204,19 +237,16 @@ __global__ void __launch_bounds__(1024) layer_norm_reduce_kernel(const float* pa
   }
 }
 
-template <int kPer>
-void launch_layer_norm_forward(const LayerNormParams<float>& p) {
-  const dim3 grid(unsigned(ceil_div(p.rows, kLnWarps)));
-  LUNA_LAUNCH(grid, kLnThreads, 0, stream(), layer_norm_forward_kernel<kPer>)(p, float(p.eps));
-  check_launch("layer_norm_forward_kernel");
-}
-
-template <int kPer>
-void launch_layer_norm_backward(const LayerNormParams<float>& p, int64_t rows_per_block, int64_t blocks, float* dw_part,
-                                float* db_part) {
-  LUNA_LAUNCH(dim3(unsigned(blocks)), kLnThreads, 0, stream(), layer_norm_backward_kernel<kPer>)(p, rows_per_block,
-                                                                                                dw_part, db_part);
-  check_launch("layer_norm_backward_kernel");
+// Calls f(std::integral_constant<int, kPer>{}) with the register width of rows of d.
+template <typename F>
+void with_per_lane(int64_t d, const F& f) {
+  switch (ln_per_lane(d)) {
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 8: return f(std::integral_constant<int, 8>{});
+    case 16: return f(std::integral_constant<int, 16>{});
+    case 32: return f(std::integral_constant<int, 32>{});
+    default: return f(std::integral_constant<int, 0>{});
+  }
 }
 
 // ---- elementwise: activations and dropout ------------------------------------------------------
@@ -374,18 +404,19 @@ __device__ inline int64_t lower_bound(const uint64_t* keys, int64_t n, uint64_t 
 }
 
 // dweight: (V, d), every row written; dout: (n, d); keys: (n) sorted. One warp per vocabulary
-// row v finds v's run of keys and, column by column, adds dout's rows in ascending position:
-// the CPU's order, so the bits are the CPU's. padding_idx's row is zero.
+// row v finds the start of v's run of keys (a binary search; the run's end is found by walking
+// it, runs being short) and, column by column, adds dout's rows in ascending position: the CPU's
+// order, so the bits are the CPU's. padding_idx's row is zero.
 __global__ void __launch_bounds__(kRowWarps * 32) embedding_backward_kernel(EmbeddingParams<float> p, const uint64_t* keys) {
   const int lane = threadIdx.x & 31;
   const int64_t v = int64_t(blockIdx.x) * kRowWarps + (threadIdx.x >> 5);
   if (v >= p.V) return;
-  const int64_t begin = lower_bound(keys, p.n, uint64_t(v) << 32);
-  const int64_t end = v == p.padding_idx ? begin : lower_bound(keys, p.n, uint64_t(v + 1) << 32);
+  const int64_t begin = v == p.padding_idx ? p.n : lower_bound(keys, p.n, uint64_t(v) << 32);
   float* row = p.dweight + v * p.d;
   for (int64_t j = lane; j < p.d; j += 32) {
     float s = 0.f;
-    for (int64_t k = begin; k < end; ++k) s += p.dout[int64_t(keys[k] & 0xffffffffu) * p.d + j];
+    for (int64_t k = begin; k < p.n && (keys[k] >> 32) == uint64_t(v); ++k)
+      s += p.dout[int64_t(keys[k] & 0xffffffffu) * p.d + j];
     row[j] = s;
   }
 }
@@ -480,13 +511,11 @@ __global__ void __launch_bounds__(kCeThreads) cross_entropy_backward_kernel(Cros
 
 void layer_norm_forward(const LayerNormParams<float>& p) {
   if (p.rows <= 0 || p.d <= 0) return;
-  switch (ln_per_lane(p.d)) {
-    case 4: launch_layer_norm_forward<4>(p); break;
-    case 8: launch_layer_norm_forward<8>(p); break;
-    case 16: launch_layer_norm_forward<16>(p); break;
-    case 32: launch_layer_norm_forward<32>(p); break;
-    default: launch_layer_norm_forward<0>(p); break;
-  }
+  with_per_lane(p.d, [&](auto per) {
+    LUNA_LAUNCH(dim3(unsigned(ceil_div(p.rows, kLnWarps))), kLnThreads, 0, stream(),
+                layer_norm_forward_kernel<decltype(per)::value>)(p, float(p.eps));
+  });
+  check_launch("layer_norm_forward_kernel");
 }
 
 void layer_norm_backward(const LayerNormParams<float>& p) {
@@ -494,29 +523,31 @@ void layer_norm_backward(const LayerNormParams<float>& p) {
   const bool want_params = p.dweight != nullptr || p.dbias != nullptr;
   if (p.dx == nullptr && !want_params) return;
   // Row blocks of a multiple of kLnWarps rows, fixed by the sizes alone, so the partial sums (and
-  // the result) are the same on every device and run. 16384 rows of 256: 512 blocks of 32 rows.
+  // the result) are the same on every device and run. 16384 rows of 256: 1024 blocks of 16 rows
+  // (a few waves of blocks, so the last one is not mostly idle; the partials add 8% traffic).
   const int64_t by_work = ceil_div(p.rows * p.d, kLnBlockWork);
   const int64_t blocks_wanted = by_work < kLnMaxBlocks ? by_work : kLnMaxBlocks;
   const int64_t rows_per_block = kLnWarps * ceil_div(p.rows, kLnWarps * blocks_wanted);
   const int64_t blocks = ceil_div(p.rows, rows_per_block);
   float* dw_part = p.dweight != nullptr ? static_cast<float*>(device_alloc(size_t(blocks * p.d) * sizeof(float))) : nullptr;
   float* db_part = p.dbias != nullptr ? static_cast<float*>(device_alloc(size_t(blocks * p.d) * sizeof(float))) : nullptr;
-  switch (ln_per_lane(p.d)) {
-    case 4: launch_layer_norm_backward<4>(p, rows_per_block, blocks, dw_part, db_part); break;
-    case 8: launch_layer_norm_backward<8>(p, rows_per_block, blocks, dw_part, db_part); break;
-    case 16: launch_layer_norm_backward<16>(p, rows_per_block, blocks, dw_part, db_part); break;
-    case 32: launch_layer_norm_backward<32>(p, rows_per_block, blocks, dw_part, db_part); break;
-    default:
-      if (p.dx != nullptr) {
-        LUNA_LAUNCH(dim3(unsigned(ceil_div(p.rows, kLnWarps))), kLnThreads, 0, stream(), layer_norm_backward_wide_kernel)(p);
-        check_launch("layer_norm_backward_wide_kernel");
-      }
-      if (want_params) {
-        const dim3 grid(unsigned(ceil_div(p.d, 256)), unsigned(blocks));
-        LUNA_LAUNCH(grid, 256, 0, stream(), layer_norm_params_wide_kernel)(p, rows_per_block, dw_part, db_part);
-        check_launch("layer_norm_params_wide_kernel");
-      }
-      break;
+  if (ln_per_lane(p.d) > 0) {
+    with_per_lane(p.d, [&](auto per) {
+      if constexpr (decltype(per)::value > 0)
+        LUNA_LAUNCH(dim3(unsigned(blocks)), kLnThreads, 0, stream(), layer_norm_backward_kernel<decltype(per)::value>)(
+            p, rows_per_block, dw_part, db_part);
+    });
+    check_launch("layer_norm_backward_kernel");
+  } else {
+    if (p.dx != nullptr) {
+      LUNA_LAUNCH(dim3(unsigned(ceil_div(p.rows, kLnWarps))), kLnThreads, 0, stream(), layer_norm_backward_wide_kernel)(p);
+      check_launch("layer_norm_backward_wide_kernel");
+    }
+    if (want_params) {
+      const dim3 grid(unsigned(ceil_div(p.d, 256)), unsigned(blocks));
+      LUNA_LAUNCH(grid, 256, 0, stream(), layer_norm_params_wide_kernel)(p, rows_per_block, dw_part, db_part);
+      check_launch("layer_norm_params_wide_kernel");
+    }
   }
   for (int pass = 0; pass < 2; ++pass) {
     float* part = pass == 0 ? dw_part : db_part;
