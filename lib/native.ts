@@ -127,7 +127,7 @@ export interface NativeAddon extends CudaNative, GemmNative, ElementwiseNative, 
 }
 
 /** The functions lib/ itself calls; a binary missing one of them is treated as stale. */
-const REQUIRED_FUNCTIONS: readonly (keyof NativeAddon)[] = [
+const REQUIRED_FUNCTIONS: readonly (keyof NativeAddon | 'adamStep' | 'sgdStep' | 'normReduce' | 'sumOfSquares' | 'scaleInPlace')[] = [
   'packForward',
   'unpackForward',
   'packBackward',
@@ -163,6 +163,12 @@ const REQUIRED_FUNCTIONS: readonly (keyof NativeAddon)[] = [
   // ---- softmax attention (issue 7): softmax helper's lines ----
   'softmaxForward',
   'softmaxBackward',
+  // ---- optimizer updates (issue 4) ----
+  'adamStep',
+  'sgdStep',
+  'normReduce',
+  'sumOfSquares',
+  'scaleInPlace',
   // ---- device memory (issue 4) ----
   'DeviceArray',
   'cudaUpload',

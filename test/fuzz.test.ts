@@ -359,6 +359,19 @@ function valid(name, T) {
     return Object.assign(o, { dout: arr(k.length), dq: arr(k.length), dk, dv: tied ? dk : arr(k.length), dkc: arr(k.length),
       dpq: arr(o.pq.length) });
   }
+  if (name === 'adamStep') {
+    const n = d();
+    return { param: arr(n), grad: arr(n), expAvg: arr(n), expAvgSq: arr(n).map(Math.abs), lr: 1e-3, beta1: 0.9, beta2: 0.999,
+      eps: 1e-8, weightDecay: 0.01, decoupled: chance(0.5), biasCorrection1: 0.1, biasCorrection2: 0.001 };
+  }
+  if (name === 'sgdStep') {
+    const n = d(), momentum = chance(0.5) ? 0 : 0.9;
+    return { param: arr(n), grad: arr(n), momentumBuffer: momentum ? arr(n) : null, lr: 0.1, momentum, dampening: 0,
+      weightDecay: 0.01, nesterov: momentum > 0 && chance(0.5), firstStep: chance(0.5) };
+  }
+  if (name === 'normReduce') return { xs: [arr(d()), arr(d())], normType: pick([1, 2, 3, Infinity]) };
+  if (name === 'sumOfSquares') return { x: chance(0.5) ? arr(d()) : [arr(d()), arr(d())] };
+  if (name === 'scaleInPlace') return { x: arr(d()), scale: 0.5 };
   if (name === 'setNumThreads') return int(1, 4);
   return undefined;
 }

@@ -8,7 +8,7 @@ namespace luna::gpu_check {
 void validate_runtime(Context&);    void bench_runtime(Context&);    // check_runtime.cc (allocator, copies)
 void validate_gemm(Context&);       void bench_gemm(Context&);       // check_gemm.cc (GEMM, column sums, bias)
 void validate_elementwise(Context&); void bench_elementwise(Context&); // check_elementwise.cc
-void validate_nn(Context&);         void bench_nn(Context&);         // check_nn.cc (layerNorm, activations, dropout, embedding, loss, optimizers)
+void validate_nn(Context&);         void bench_nn(Context&);         // check_nn.cc (layerNorm, activations, dropout, embedding, loss)
 void validate_optim(Context&);      void bench_optim(Context&);      // check_optim.cc (Adam/SGD steps, sums of squares)
 void validate_attention(Context&);  void bench_attention(Context&);  // check_attention.cc (pack, unpack)
 void validate_causal(Context&);     void bench_causal(Context&);     // check_causal.cc
