@@ -8,8 +8,8 @@
 //   Each thread keeps 32 dims of one query row in registers (dh / 32 neighbouring threads share
 //   a row) and streams keys out of shared memory with an online softmax, 4 keys at a time. When
 //   the queries are few (pack), the threads of a row split the keys between them ("groups")
-//   and the key axis is split across blocks ("splits"); groups merge inside the block, splits
-//   in attention_merge_kernel, both in a fixed order. When the queries are many (unpack), one
+//   and the key axis is split across blocks ("splits"); groups merge inside the block, and the
+//   last block of a row tile to finish merges the splits; both in a fixed order. When the queries are many (unpack), one
 //   block per row tile sees every key (the l keys and values sit in shared memory, in one or a
 //   few tiles) and writes the final rows directly: no partials, no merge.
 // Backward (attention_backward_kernel): a block owns a chunk of key tiles and a chunk of rows,
@@ -25,6 +25,7 @@
 // Head dims are padded to 32, 64, 128 or 256 in shared memory with zeros, which add exact
 // zeros to every dot product; exp and log are the accurate expf / logf.
 #include <cmath>
+#include <mutex>
 
 #include "../native/kernels/counter_rng.h"
 #include "attention_cuda.h"
@@ -61,6 +62,7 @@ struct FwdArgs {
   float* lse;       // [BH, lq]      (splits == 1)
   float* part_acc;  // [BH, splits, lq, dh] unnormalised outputs (splits > 1)
   float* part_ml;   // [BH, splits, lq, 2] (max, sum) of each partial
+  int* counters;    // [BH, row_tiles] blocks done per row tile (splits > 1); 0 between calls
   int R, G;         // query rows per block, key groups per row (R * G = SLOTS)
   int row_tiles, splits, keys_per_split;
 };
@@ -69,6 +71,162 @@ struct FwdArgs {
 // so that the merge can still tell "all masked" (output 0) from "all -inf or NaN" (NaN).
 __device__ inline float partial_sum(float top, float total, bool kept) {
   return top == -INFINITY && total == 0.f ? (kept ? 1.f : 0.f) : total;
+}
+
+// One row's final output (splits == 1) or partial, from a single group's state: the thread's
+// 32 dims, and lse (or max and sum) from the row's first thread.
+template <int DH>
+__device__ void write_row(const FwdArgs& a, int64_t bh, int split, int row, int part, float m, float sum, bool kept,
+                          const float (&acc)[32], bool vec) {
+  using S = FwdShape<DH>;
+  const int dh = a.pr.dh;
+  const int64_t at = a.splits == 1 ? bh * a.pr.lq + row : (bh * a.splits + split) * int64_t(a.pr.lq) + row;
+  float* dst = (a.splits == 1 ? a.out : a.part_acc) + at * dh;
+#pragma unroll
+  for (int i = 0; i < S::DT / 4; ++i) {
+    const int c = S::dim(part, i);
+    float x[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) x[e] = a.splits == 1 ? row_output(m, sum, kept, acc[4 * i + e]) : acc[4 * i + e];
+    if (vec) {
+      *reinterpret_cast<float4*>(dst + c) = make_float4(x[0], x[1], x[2], x[3]);
+    } else {
+      for (int e = 0; e < 4; ++e)
+        if (c + e < dh) dst[c + e] = x[e];
+    }
+  }
+  if (part == 0) {
+    if (a.splits == 1) a.lse[at] = row_lse(m, sum, kept);
+    else a.part_ml[at * 2] = m, a.part_ml[at * 2 + 1] = partial_sum(m, sum, kept);
+  }
+}
+
+// Several groups per row: their states merged per row in group order through shared memory
+// (which the key tiles no longer need), then the block's rows written, final or partial.
+// Slot (g, r) holds a group's state; its max is then replaced by its weight exp(m_g - M_r).
+template <int DH>
+__device__ void merge_groups(const FwdArgs& a, float* smem, int64_t bh, int split, int row0, int rows, int r, int g,
+                             int part, float m, float sum, bool kept, const float (&acc)[32]) {
+  using S = FwdShape<DH>;
+  const int t = threadIdx.x, dh = a.pr.dh;
+  __syncthreads();  // everyone is done with the last key tile
+  float* slot_acc = smem;                           // [SLOTS][STRIDE]
+  float* slot_m = slot_acc + S::SLOTS * S::STRIDE;  // [SLOTS] max, then weight
+  float* slot_s = slot_m + S::SLOTS;                // [SLOTS] sum
+  float* slot_k = slot_s + S::SLOTS;                // [SLOTS] kept (0 / 1)
+  float* row_max = slot_k + S::SLOTS;               // [R]
+  float* row_total = row_max + S::SLOTS;            // [R]
+  float* row_kept = row_total + S::SLOTS;           // [R]
+  const int own = g * a.R + r;
+  for (int i = 0; i < S::DT / 4; ++i)
+    *reinterpret_cast<float4*>(slot_acc + own * S::STRIDE + S::dim(part, i)) =
+        make_float4(acc[4 * i], acc[4 * i + 1], acc[4 * i + 2], acc[4 * i + 3]);
+  if (part == 0) slot_m[own] = m, slot_s[own] = sum, slot_k[own] = kept ? 1.f : 0.f;
+  __syncthreads();
+  if (t < a.R) {
+    float top = -INFINITY, any = 0.f;
+    for (int gg = 0; gg < a.G; ++gg) top = fmaxf(top, slot_m[gg * a.R + t]), any += slot_k[gg * a.R + t];
+    float total = 0.f;
+    for (int gg = 0; gg < a.G; ++gg) {
+      const float mg = slot_m[gg * a.R + t];
+      const float w = mg == -INFINITY ? 0.f : expf(mg - top);
+      total += w * slot_s[gg * a.R + t];  // 0 * NaN stays NaN: a NaN row stays NaN
+      slot_m[gg * a.R + t] = w;
+    }
+    row_max[t] = top, row_total[t] = total, row_kept[t] = any;
+  }
+  __syncthreads();
+  const int64_t first = a.splits == 1 ? bh * a.pr.lq + row0 : (bh * a.splits + split) * int64_t(a.pr.lq) + row0;
+  for (int e = t; e < rows * dh; e += kFwdThreads) {
+    const int rr = e / dh, c = e % dh;
+    float x = 0.f;
+    for (int gg = 0; gg < a.G; ++gg) x += slot_m[gg * a.R + rr] * slot_acc[(gg * a.R + rr) * S::STRIDE + c];
+    if (a.splits == 1) a.out[first * dh + e] = row_output(row_max[rr], row_total[rr], row_kept[rr] != 0.f, x);
+    else a.part_acc[first * dh + e] = x;
+  }
+  if (t < rows) {
+    const float top = row_max[t], total = row_total[t];
+    const bool any = row_kept[t] != 0.f;
+    if (a.splits == 1) {
+      a.lse[first + t] = row_lse(top, total, any);
+    } else {
+      a.part_ml[(first + t) * 2] = top;
+      a.part_ml[(first + t) * 2 + 1] = partial_sum(top, total, any);
+    }
+  }
+}
+
+// part_acc is (BH, splits, lq, dh), part_ml (BH, splits, lq, 2); out (BH, lq, dh), lse (BH, lq).
+// The rows [row0, row0 + rows) of one bh from every split's partial, in split order: one warp
+// per row, lanes over dims (and over splits for the weights, passed around by shuffles). The
+// partials were written by other blocks: read through volatile, past this SM's L1.
+template <int DH>
+__device__ void merge_splits(const FwdArgs& a, int64_t bh, int row0, int rows) {
+  constexpr int DL = DH / 32;  // dims per lane
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, dh = a.pr.dh, lq = a.pr.lq, splits = a.splits;
+  const volatile float* ml = a.part_ml;
+  const volatile float* part = a.part_acc;
+  for (int rr = warp; rr < rows; rr += kFwdThreads / 32) {  // a whole warp per row: shuffles meet
+    const int64_t first = bh * splits * int64_t(lq) + row0 + rr;  // split s at first + s * lq
+    float top = -INFINITY;
+    bool kept = false;
+    for (int s = lane; s < splits; s += 32) {
+      const float ms = ml[(first + s * int64_t(lq)) * 2];
+      top = fmaxf(top, ms);
+      kept = kept || ms != -INFINITY || ml[(first + s * int64_t(lq)) * 2 + 1] != 0.f;
+    }
+    top = warp_max(top);
+    kept = __any_sync(0xffffffffu, kept);
+    float total = 0.f, x[DL];
+    for (int c = 0; c < DL; ++c) x[c] = 0.f;
+    for (int s0 = 0; s0 < splits; s0 += 32) {
+      float w = 0.f;
+      if (s0 + lane < splits) {
+        const int64_t at = first + (s0 + lane) * int64_t(lq);
+        const float ms = ml[at * 2];
+        w = ms == -INFINITY ? 0.f : expf(ms - top);
+        total += w * ml[at * 2 + 1];  // 0 * NaN stays NaN: a NaN row stays NaN
+      }
+      const int n = min(32, splits - s0);
+      for (int j = 0; j < n; ++j) {
+        const float wj = __shfl_sync(0xffffffffu, w, j);
+        const volatile float* src = part + (first + (s0 + j) * int64_t(lq)) * dh;
+#pragma unroll
+        for (int c = 0; c < DL; ++c)
+          if (lane + 32 * c < dh) x[c] = fmaf(wj, src[lane + 32 * c], x[c]);
+      }
+    }
+    total = warp_sum(total);
+    const int64_t row = bh * lq + row0 + rr;
+#pragma unroll
+    for (int c = 0; c < DL; ++c)
+      if (lane + 32 * c < dh) a.out[row * dh + lane + 32 * c] = row_output(top, total, kept, x[c]);
+    if (lane == 0) a.lse[row] = row_lse(top, total, kept);
+  }
+}
+
+// The per-row-tile counters of the split merge: zeroed once, left at zero by every call (the
+// last block resets its counter), grown when a call needs more. Plain device memory outside the
+// caching allocator: a few KiB for the life of the process.
+int* split_counters(size_t n) {
+  static std::mutex mutex;
+  static int* counters = nullptr;
+  static size_t capacity = 0;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (n > capacity) {
+    if (counters) {
+      check(cudaStreamSynchronize(stream()), "cudaStreamSynchronize");  // no queued kernel uses it
+      check(cudaFree(counters), "cudaFree");
+      counters = nullptr, capacity = 0;
+    }
+    const size_t grown = std::max<size_t>(n, 4096);
+    void* ptr = nullptr;
+    check(cudaMalloc(&ptr, grown * sizeof(int)), "cudaMalloc (attention split counters)");
+    counters = static_cast<int*>(ptr);
+    fill_zero(counters, grown * sizeof(int));
+    capacity = grown;
+  }
+  return counters;
 }
 
 // q is (BH, lq, dh), k and v are (BH, lk, dh), mask is (B, lk). Block = (bh, split, row tile);
@@ -190,110 +348,25 @@ __global__ void __launch_bounds__(kFwdThreads, 5) attention_forward_kernel(FwdAr
 
   if (a.G == 1) {
     // One group: this thread's state is its row's, written straight out (final or partial).
-    if (r >= rows) return;
-    const int64_t at = a.splits == 1 ? bh * pr.lq + row : (bh * a.splits + split) * int64_t(pr.lq) + row;
-    float* dst = (a.splits == 1 ? a.out : a.part_acc) + at * dh;
-#pragma unroll
-    for (int i = 0; i < S::DT / 4; ++i) {
-      const int c = S::dim(part, i);
-      float x[4];
-#pragma unroll
-      for (int e = 0; e < 4; ++e) x[e] = a.splits == 1 ? row_output(m, sum, kept, acc[4 * i + e]) : acc[4 * i + e];
-      if (vec) {
-        *reinterpret_cast<float4*>(dst + c) = make_float4(x[0], x[1], x[2], x[3]);
-      } else {
-        for (int e = 0; e < 4; ++e)
-          if (c + e < dh) dst[c + e] = x[e];
-      }
-    }
-    if (part == 0) {
-      if (a.splits == 1) a.lse[at] = row_lse(m, sum, kept);
-      else a.part_ml[at * 2] = m, a.part_ml[at * 2 + 1] = partial_sum(m, sum, kept);
-    }
-    return;
+    if (r < rows) write_row<DH>(a, bh, split, row, part, m, sum, kept, acc, vec);
+  } else {
+    merge_groups<DH>(a, smem, bh, split, row0, rows, r, g, part, m, sum, kept, acc);
   }
+  if (a.splits == 1) return;
 
-  // Several groups: merge them per row in group order through shared memory, then write the
-  // rows. Slot (g, r) holds a group's state; its max is then replaced by its weight.
-  __syncthreads();  // everyone is done with the last tile
-  float* slot_acc = smem;                           // [SLOTS][STRIDE]
-  float* slot_m = slot_acc + S::SLOTS * S::STRIDE;  // [SLOTS] max, then weight exp(m_g - M_r)
-  float* slot_s = slot_m + S::SLOTS;                // [SLOTS] sum
-  float* slot_k = slot_s + S::SLOTS;                // [SLOTS] kept (0 / 1)
-  float* row_max = slot_k + S::SLOTS;               // [R]
-  float* row_total = row_max + S::SLOTS;            // [R]
-  float* row_kept = row_total + S::SLOTS;           // [R]
-  const int own = g * a.R + r;
-  for (int i = 0; i < S::DT / 4; ++i)
-    *reinterpret_cast<float4*>(slot_acc + own * S::STRIDE + S::dim(part, i)) =
-        make_float4(acc[4 * i], acc[4 * i + 1], acc[4 * i + 2], acc[4 * i + 3]);
-  if (part == 0) slot_m[own] = m, slot_s[own] = sum, slot_k[own] = kept ? 1.f : 0.f;
+  // The last block of this (bh, row tile) to finish merges every split's partial, in split
+  // order: a block publishes its partial (fence), then counts itself in; the one that brings the
+  // count to `splits` sees all of them and resets the count for the next call.
+  __shared__ int is_last;
+  __threadfence();
   __syncthreads();
-  if (t < a.R) {
-    float top = -INFINITY, any = 0.f;
-    for (int gg = 0; gg < a.G; ++gg) top = fmaxf(top, slot_m[gg * a.R + t]), any += slot_k[gg * a.R + t];
-    float total = 0.f;
-    for (int gg = 0; gg < a.G; ++gg) {
-      const float mg = slot_m[gg * a.R + t];
-      const float w = mg == -INFINITY ? 0.f : expf(mg - top);
-      total += w * slot_s[gg * a.R + t];  // 0 * NaN stays NaN: a NaN row stays NaN
-      slot_m[gg * a.R + t] = w;
-    }
-    row_max[t] = top, row_total[t] = total, row_kept[t] = any;
-  }
+  if (t == 0) is_last = atomicAdd(a.counters + bh * a.row_tiles + rt, 1) == a.splits - 1;
   __syncthreads();
-  const int64_t first = a.splits == 1 ? bh * pr.lq + row0 : (bh * a.splits + split) * int64_t(pr.lq) + row0;
-  for (int e = t; e < rows * dh; e += kFwdThreads) {
-    const int rr = e / dh, c = e % dh;
-    float x = 0.f;
-    for (int gg = 0; gg < a.G; ++gg) x += slot_m[gg * a.R + rr] * slot_acc[(gg * a.R + rr) * S::STRIDE + c];
-    if (a.splits == 1) a.out[first * dh + e] = row_output(row_max[rr], row_total[rr], row_kept[rr] != 0.f, x);
-    else a.part_acc[first * dh + e] = x;
-  }
-  if (t < rows) {
-    const float top = row_max[t], total = row_total[t];
-    const bool any = row_kept[t] != 0.f;
-    if (a.splits == 1) {
-      a.lse[first + t] = row_lse(top, total, any);
-    } else {
-      a.part_ml[(first + t) * 2] = top;
-      a.part_ml[(first + t) * 2 + 1] = partial_sum(top, total, any);
-    }
-  }
+  if (!is_last) return;
+  __threadfence();
+  merge_splits<DH>(a, bh, row0, rows);
+  if (t == 0) a.counters[bh * a.row_tiles + rt] = 0;
 }
-
-// part_acc is (BH, splits, lq, dh), part_ml (BH, splits, lq, 2); out (BH, lq, dh), lse (BH, lq).
-// One warp per (bh, row): the splits' partials combined in split order, lanes over dims.
-__global__ void attention_merge_kernel(const float* part_acc, const float* part_ml, float* out, float* lse,
-                                       int64_t rows_total, int lq, int dh, int splits) {
-  const int64_t row = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
-  if (row >= rows_total) return;  // whole warps leave together: no shuffles below
-  const int lane = threadIdx.x % 32;
-  const int64_t bh = row / lq, i = row % lq;
-  const int64_t first = bh * splits * int64_t(lq) + i;  // partial of split s: first + s * lq
-  float top = -INFINITY;
-  bool kept = false;
-  for (int s = 0; s < splits; ++s) {
-    const float ms = part_ml[(first + s * lq) * 2];
-    top = fmaxf(top, ms);
-    kept = kept || ms != -INFINITY || part_ml[(first + s * lq) * 2 + 1] != 0.f;
-  }
-  float total = 0.f;
-  for (int s = 0; s < splits; ++s) {
-    const float ms = part_ml[(first + s * lq) * 2];
-    total += (ms == -INFINITY ? 0.f : expf(ms - top)) * part_ml[(first + s * lq) * 2 + 1];
-  }
-  for (int c = lane; c < dh; c += 32) {
-    float x = 0.f;
-    for (int s = 0; s < splits; ++s) {
-      const float ms = part_ml[(first + s * lq) * 2];
-      x += (ms == -INFINITY ? 0.f : expf(ms - top)) * part_acc[(first + s * lq) * dh + c];
-    }
-    out[row * dh + c] = row_output(top, total, kept, x);
-  }
-  if (lane == 0) lse[row] = row_lse(top, total, kept);
-}
-
 template <int DH>
 void launch_forward(const AttentionParams<float>& p) {
   using S = FwdShape<DH>;
@@ -311,8 +384,9 @@ void launch_forward(const AttentionParams<float>& p) {
   const int64_t want = std::min<int64_t>(key_tiles, ceil_div(512, BH * row_tiles));
   const int64_t tiles_per_split = ceil_div(key_tiles, std::max<int64_t>(want, 1));
   const int64_t splits = ceil_div(key_tiles, tiles_per_split);
-  FwdArgs a{pr, p.out, p.lse, nullptr, nullptr, R, G, int(row_tiles), int(splits), int(tiles_per_split * S::KT)};
+  FwdArgs a{pr, p.out, p.lse, nullptr, nullptr, nullptr, R, G, int(row_tiles), int(splits), int(tiles_per_split * S::KT)};
   if (splits > 1) {
+    a.counters = split_counters(size_t(BH * row_tiles));
     a.part_acc = static_cast<float*>(device_alloc(size_t(BH * splits * p.lq * p.dh) * sizeof(float)));
     a.part_ml = static_cast<float*>(device_alloc(size_t(BH * splits * p.lq * 2) * sizeof(float)));
   }
@@ -323,11 +397,7 @@ void launch_forward(const AttentionParams<float>& p) {
               attention_forward_kernel<DH>)(a);
   check_launch("attention_forward_kernel");
   if (splits > 1) {
-    const int64_t rows_total = BH * p.lq;
-    LUNA_LAUNCH(dim3(unsigned(ceil_div(rows_total, 4))), dim3(128), 0, stream(), attention_merge_kernel)(
-        a.part_acc, a.part_ml, p.out, p.lse, rows_total, int(p.lq), int(p.dh), int(splits));
-    check_launch("attention_merge_kernel");
-    device_free(a.part_acc);  // safe: one stream, the next user runs after the merge
+    device_free(a.part_acc);  // safe: one stream, the next user runs after this kernel
     device_free(a.part_ml);
   }
 }
