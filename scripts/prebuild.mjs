@@ -29,7 +29,8 @@ const require = createRequire(path.join(root, 'package.json'));
 const allowCpu = process.env.LUNA_PREBUILD_ALLOW_CPU === '1';
 const OUT_DIR = path.join(root, 'build', 'cmake');
 // The architectures CMakeLists.txt builds for when CUDAARCHS does not narrow them.
-const EXPECTED_SM = [75, 80, 86, 89, 90];
+// (sm_86 and sm_89 GPUs run the sm_80 code.)
+const EXPECTED_SM = [75, 80, 90];
 
 function fail(message) {
   console.error(`prebuild: ${message}`);
