@@ -382,7 +382,8 @@ void launch_forward(const AttentionParams<float>& p) {
   // Split the keys only when the row tiles alone leave the device idle (about 512 blocks are
   // wanted); from the sizes alone, so the summation order never depends on the device.
   const int64_t want = std::min<int64_t>(key_tiles, ceil_div(512, BH * row_tiles));
-  const int64_t tiles_per_split = ceil_div(key_tiles, std::max<int64_t>(want, 1));
+  const int64_t tiles_per_split =
+      forced_chunk_tiles() > 0 ? forced_chunk_tiles() : ceil_div(key_tiles, std::max<int64_t>(want, 1));
   const int64_t splits = ceil_div(key_tiles, tiles_per_split);
   FwdArgs a{pr, p.out, p.lse, nullptr, nullptr, nullptr, R, G, int(row_tiles), int(splits), int(tiles_per_split * S::KT)};
   if (splits > 1) {
@@ -417,6 +418,7 @@ void pack_forward(const AttentionParams<float>& p) { forward(p, "pack_forward");
 void unpack_forward(const AttentionParams<float>& p) { forward(p, "unpack_forward"); }
 
 void pack_backward(const AttentionParams<float>& p) { attention_backward(p, "pack_backward"); }
+void attention_force_chunk_tiles(int tiles) { forced_chunk_tiles() = std::max(tiles, 0); }
 void unpack_backward(const AttentionParams<float>& p) { attention_backward(p, "unpack_backward"); }
 
 }  // namespace luna::cuda

@@ -255,16 +255,22 @@ void launch_backward(const AttentionParams<float>& p) {
   using S = BwdShape<DH, RT, KT>;
   const int64_t BH = p.B * p.h, lq = p.lq, lk = p.lk;
   const bool tied = p.tied();
-  // Chunks from the sizes alone (about 256 blocks wanted): the long axis is cut into chunks,
-  // the short one stays whole up to 8 tiles, so partials stay few.
+  // Chunks from the sizes alone. The long axis is cut into chunks, the short one stays whole up
+  // to 8 tiles. At least about 256 blocks; more while the partials (chunks x the short side's
+  // gradient) stay under a quarter of the long side's gradient, since every block then loads
+  // fewer tiles one after another.
   const int64_t row_tiles = ceil_div(lq, RT), key_tiles = ceil_div(lk, KT);
   int64_t nrc, nkc;
   if (lq >= lk) {
     nkc = ceil_div(key_tiles, 8);
-    nrc = std::clamp<int64_t>(ceil_div(256, BH * nkc), 1, row_tiles);
+    nrc = std::clamp<int64_t>(std::max(ceil_div(256, BH * nkc), lq / (4 * lk)), 1, row_tiles);
   } else {
     nrc = ceil_div(row_tiles, 8);
-    nkc = std::clamp<int64_t>(ceil_div(256, BH * nrc), 1, key_tiles);
+    nkc = std::clamp<int64_t>(std::max(ceil_div(256, BH * nrc), lk / (4 * lq)), 1, key_tiles);
+  }
+  if (forced_chunk_tiles() > 0) {
+    nrc = ceil_div(row_tiles, forced_chunk_tiles());
+    nkc = ceil_div(key_tiles, forced_chunk_tiles());
   }
   const int64_t rows_per_chunk = RT * ceil_div(row_tiles, nrc), keys_per_chunk = KT * ceil_div(key_tiles, nkc);
   nrc = ceil_div(lq, rows_per_chunk);

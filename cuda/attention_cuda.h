@@ -35,4 +35,11 @@ void unpack_backward(const AttentionParams<float>& p);
 // The largest head dim the kernels take.
 constexpr int64_t kAttentionMaxHeadDim = 256;
 
+// ---- for the checks --------------------------------------------------------------------------
+// The launchers cut the long axis into splits (forward) and both axes into chunks (backward)
+// from the sizes. With tiles > 0 every split and chunk spans that many tiles instead (the last
+// one fewer), so that small problems run the multi-tile, merge and partial-sum paths; 0 restores
+// the default. A process-wide setting for the checks, not for concurrent use.
+void attention_force_chunk_tiles(int tiles);
+
 }  // namespace luna::cuda

@@ -31,6 +31,12 @@ struct Problem {
   DropoutMask<float> drop;
 };
 
+// attention_force_chunk_tiles' setting (0: the launchers choose).
+inline int& forced_chunk_tiles() {
+  static int tiles = 0;
+  return tiles;
+}
+
 inline void check_params(const AttentionParams<float>& p, const char* who, bool backward) {
   auto fail = [&](const std::string& why) { throw CudaError("cudaErrorInvalidValue", std::string(who) + ": " + why); };
   if (p.B < 0 || p.h < 0 || p.lq < 0 || p.lk < 0 || p.dh < 0) fail("negative size");

@@ -16,5 +16,6 @@ void pack_forward(const AttentionParams<float>&) { not_compiled("pack_forward");
 void pack_backward(const AttentionParams<float>&) { not_compiled("pack_backward"); }
 void unpack_forward(const AttentionParams<float>&) { not_compiled("unpack_forward"); }
 void unpack_backward(const AttentionParams<float>&) { not_compiled("unpack_backward"); }
+void attention_force_chunk_tiles(int) { not_compiled("attention_force_chunk_tiles"); }
 
 }  // namespace luna::cuda
