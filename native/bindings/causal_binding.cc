@@ -1,11 +1,14 @@
 // N-API bindings of the causal Luna kernels: one options object in, a filled CausalParams out,
-// then the kernel. The argument shapes are documented in native/INTERFACE-causal.md.
+// then the kernel. The argument shapes are documented in native/INTERFACE-causal.md. When the
+// arrays are DeviceArrays (float32 only) the CUDA kernels run instead (cuda/causal_cuda.h); the
+// float64 references stay CPU-only.
 #include "causal_binding.h"
 
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "../../cuda/causal_cuda.h"
 #include "../kernels/causal_luna.h"
 #include "../reference/causal_reference.h"
 #include "binding_util.h"
@@ -171,14 +174,30 @@ void run(Op op, const CausalParams<T>& p) {
   }
 }
 
+// Device arrays: the CUDA kernels (queued on the library's stream; lib/ waits when it reads).
+void run_cuda(Op op, const CausalParams<float>& p, const Args& o) {
+  switch (op) {
+    case Op::Forward: cuda::causal_forward(p); break;
+    case Op::Backward: cuda::causal_backward(p); break;
+    case Op::Step: cuda::causal_step(p); break;
+    case Op::ReferenceForward:
+    case Op::ReferenceBackward: require_host(o, op_name(op)); break;
+  }
+}
+
 template <Op op>
 Napi::Value causal_entry(const Napi::CallbackInfo& info) {
   const Args o(info, op_name(op), field_names(op));
-  Napi::Value q = o.Get("q");
-  const napi_typedarray_type type = q.IsTypedArray() ? q.As<Napi::TypedArray>().TypedArrayType() : napi_int8_array;
-  if (type == napi_float32_array) run(op, read_params<float>(op, o, type));
-  else if (type == napi_float64_array) run(op, read_params<double>(op, o, type));
-  else throw Napi::TypeError::New(info.Env(), "q must be a Float32Array or Float64Array");
+  const napi_typedarray_type type = array_type(o, "q");
+  if (type == napi_float32_array) {
+    const CausalParams<float> p = read_params<float>(op, o, type);
+    if (o.on_cuda()) run_cuda(op, p, o);
+    else run(op, p);
+  } else if (type == napi_float64_array) {
+    run(op, read_params<double>(op, o, type));  // a device array is never float64
+  } else {
+    throw Napi::TypeError::New(info.Env(), "q must be a Float32Array or Float64Array");
+  }
   return info.Env().Undefined();
 }
 

@@ -20,7 +20,39 @@
 #include "causal_luna.h"
 #include "simd_math.h"
 
+// causal_phi_one below also runs in the CUDA kernels (cuda/causal.cu). Under nvcc it is
+// __host__ __device__; under the CUDA emulator (LUNA_CUDA_EMU) and in an ordinary C++ build,
+// device code is host code and the macro is empty (the same convention as counter_rng.h).
+#ifndef LUNA_HOST_DEVICE
+#if defined(__CUDACC__)
+#define LUNA_HOST_DEVICE __host__ __device__
+#else
+#define LUNA_HOST_DEVICE
+#endif
+#endif
+
 namespace luna {
+
+// φ(z) and, when slope is not null, φ'(z) of one float32 logit, with the CUDA C math functions
+// (exp2f, expf, log1pf: accurate to a few ulp, not the __expf intrinsics), for the GPU kernels.
+// Softplus is taken in base 2 like the vector code above: with u = 2^-|z| no rounding of β z
+// enters the exponential. Same threshold (z ln 2 > 20 in float: φ = z, φ' = 1); NaN stays NaN.
+LUNA_HOST_DEVICE inline void causal_phi_one(CausalActivation a, float z, float* phi, float* slope) {
+  if (a == CausalActivation::Softplus) {
+    if (z * 0.693147180559945309417f > 20.0f) {
+      *phi = z;
+      if (slope) *slope = 1.0f;
+      return;
+    }
+    const float u = exp2f(-fabsf(z));
+    *phi = (z > 0.0f ? z : 0.0f) + log1pf(u) * 1.44269504088896340736f;  // 1 / ln 2
+    if (slope) *slope = (z >= 0.0f ? 1.0f : u) / (1.0f + u);
+    return;
+  }
+  const float e = expf(z > 0.0f ? 0.0f : z);  // NaN z: expf(NaN) = NaN
+  *phi = z > 0.0f ? z + 1.0f : e;
+  if (slope) *slope = z > 0.0f ? 1.0f : e;
+}
 
 namespace causal_detail {
 
