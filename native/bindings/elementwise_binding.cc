@@ -2,10 +2,14 @@
 // filled parameter struct out, then the kernel. The arguments are documented in
 // native/INTERFACE-elementwise.md. Every index the kernel will touch is bounds-checked here, so
 // a caller that bypasses lib/ gets a TypeError or RangeError, never a stray memory access.
+// When the arrays are DeviceArrays (float32 only) the CUDA kernels run instead
+// (cuda/elementwise_cuda.h); the reference entries stay on the CPU and refuse them.
 #include "elementwise_binding.h"
 
 #include <string>
+#include <type_traits>
 
+#include "../../cuda/elementwise_cuda.h"
 #include "../kernels/elementwise.h"
 #include "../reference/elementwise_reference.h"
 #include "binding_util.h"
@@ -16,7 +20,8 @@ namespace {
 
 constexpr int64_t kMaxIndex = 2147483647;  // 2^31 - 1
 
-// A float typed array field of any length, of the given element type.
+// A float array field of any length, of the given element type: a typed array (host memory) or
+// a DeviceArray (device memory).
 template <typename T>
 struct Span {
   T* data = nullptr;
@@ -27,21 +32,35 @@ const char* type_name(napi_typedarray_type type) {
   return type == napi_float64_array ? "Float64Array" : "Float32Array";
 }
 
-// The element type of a call: that of its leading array, which must be a float typed array.
+// The element type of a call: that of its leading array, which must be a float typed array or a
+// float32 DeviceArray.
 napi_typedarray_type float_type(const Args& o, const char* name) {
   Napi::Value v = o.Get(name);
-  if (v.IsTypedArray()) {
+  DeviceArrayView d;
+  if (unwrap_device_array(o.Env(), v, d)) {
+    if (d.type == napi_float32_array) return d.type;
+  } else if (v.IsTypedArray()) {
     const napi_typedarray_type t = v.As<Napi::TypedArray>().TypedArrayType();
     if (t == napi_float32_array || t == napi_float64_array) return t;
   }
-  throw Napi::TypeError::New(o.Env(), std::string(name) + " must be a Float32Array or Float64Array");
+  throw Napi::TypeError::New(o.Env(), std::string(name) + " must be a Float32Array or Float64Array (or a float32 DeviceArray)");
 }
 
+// Records on `o` where the array lives, so that a call mixing host and device arrays is refused
+// and o.on_cuda() tells which kernels to run.
 template <typename T>
 Span<T> span_field(const Args& o, const char* name, napi_typedarray_type type) {
   Napi::Value v = o.Get(name);
+  DeviceArrayView d;
+  if (unwrap_device_array(o.Env(), v, d)) {
+    o.note_array(true, name);  // first: a device array among host arrays is refused as such
+    if (d.type != type)
+      throw Napi::TypeError::New(o.Env(), std::string(name) + " must be a " + type_name(type) + " DeviceArray (like the first array)");
+    return {static_cast<T*>(d.ptr), d.length};
+  }
   if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != type)
     throw Napi::TypeError::New(o.Env(), std::string(name) + " must be a " + type_name(type) + " (like the first array)");
+  o.note_array(false, name);
   Napi::TypedArray arr = v.As<Napi::TypedArray>();
   uint8_t* base = static_cast<uint8_t*>(arr.ArrayBuffer().Data());
   return {reinterpret_cast<T*>(base + arr.ByteOffset()), static_cast<int64_t>(arr.ElementLength())};
@@ -176,7 +195,11 @@ void scale_call(const Args& o, napi_typedarray_type type) {
   check_length(o.Env(), "out", out.length, x.length);
   const T a = static_cast<T>(finite_field(o, "scale"));
   const T b = static_cast<T>(finite_field(o, "offset"));
-  if (x.length > 0) scale_shift(x.data, out.data, x.length, a, b);
+  if (x.length == 0) return;
+  if constexpr (std::is_same_v<T, float>) {
+    if (o.on_cuda()) return cuda::scale_shift(x.data, out.data, x.length, a, b);
+  }
+  scale_shift(x.data, out.data, x.length, a, b);
 }
 
 // { src, dst, rows, cols, srcStride, srcOffset, dstStride, dstOffset }
@@ -200,6 +223,9 @@ void blocks_call(const Args& o, napi_typedarray_type type) {
     throw Napi::RangeError::New(env, "dst is too short for rows, cols, dstStride and dstOffset");
   p.src = src.data;
   p.dst = dst.data;
+  if constexpr (std::is_same_v<T, float>) {
+    if (o.on_cuda()) return cuda::copy_blocks(p);
+  }
   copy_blocks(p);
 }
 
@@ -212,6 +238,23 @@ const char* leading_array(Entry e) {
     case Entry::RefBinary: return "a";
     case Entry::Blocks: return "src";
     default: return "x";
+  }
+}
+
+// Device arrays (float32 only): the CUDA kernels, queued on the library's stream (lib/ waits when
+// it reads the result). The reference entries run on the CPU only.
+void run_cuda(Entry e, const Args& o) {
+  constexpr napi_typedarray_type f32 = napi_float32_array;
+  switch (e) {
+    case Entry::Binary: cuda::binary_op(binary_params<float>(o, f32)); break;
+    case Entry::Copy: cuda::strided_copy(copy_params<float>(o, f32)); break;
+    case Entry::Reduce: cuda::reduce_to(reduce_params<float>(o, f32)); break;
+    case Entry::Scale: scale_call<float>(o, f32); break;
+    case Entry::Blocks: blocks_call<float>(o, f32); break;
+    // Read (so the arguments are checked as on the CPU, and o.on_cuda() is set), then refused.
+    case Entry::RefBinary: binary_params<float>(o, f32); require_host(o, "referenceElementwiseBinary"); break;
+    case Entry::RefCopy: copy_params<float>(o, f32); require_host(o, "referenceStridedCopy"); break;
+    case Entry::RefReduce: reduce_params<float>(o, f32); require_host(o, "referenceReduceSum"); break;
   }
 }
 
@@ -249,7 +292,11 @@ template <Entry e>
 Napi::Value entry(const Napi::CallbackInfo& info) {
   const Args o = read_args(e, info);
   const napi_typedarray_type type = float_type(o, leading_array(e));
-  if (type == napi_float32_array) run<float>(e, o, type);
+  // The leading array decides where the call runs; span_field refuses any other array that
+  // lives on the other side.
+  DeviceArrayView lead;
+  if (unwrap_device_array(o.Env(), o.Get(leading_array(e)), lead)) run_cuda(e, o);
+  else if (type == napi_float32_array) run<float>(e, o, type);
   else run<double>(e, o, type);
   return info.Env().Undefined();
 }
