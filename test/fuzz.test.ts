@@ -378,17 +378,19 @@ function valid(name, T) {
 // One hostile replacement for field f of the call o.
 // A field's plain value, without running a getter an earlier mutation installed.
 const peek = (o, k) => Object.getOwnPropertyDescriptor(o, k)?.value;
+// A typed array (a DataView is an ArrayBuffer view too, but has no subarray or length).
+const isTypedArray = (v) => ArrayBuffer.isView(v) && !(v instanceof DataView);
 function mutate(o, f) {
   const cur = peek(o, f);
-  const arrays = Object.keys(o).filter((k) => ArrayBuffer.isView(peek(o, k)));
+  const arrays = Object.keys(o).filter((k) => isTypedArray(peek(o, k)));
   switch (int(0, 11)) {
     case 0: o[f] = badValue(); break;
-    case 1: if (ArrayBuffer.isView(cur)) o[f] = cur.subarray(0, Math.max(0, cur.length - int(1, 2))); break;
-    case 2: if (ArrayBuffer.isView(cur)) o[f] = new (cur instanceof F32 ? F64 : F32)(cur.length); break;
+    case 1: if (isTypedArray(cur)) o[f] = cur.subarray(0, Math.max(0, cur.length - int(1, 2))); break;
+    case 2: if (isTypedArray(cur)) o[f] = new (cur instanceof F32 ? F64 : F32)(cur.length); break;
     case 3: if (typeof cur === 'number') o[f] = pick([cur + 1, cur * 2 ** 20, -cur, cur + 0.5, 2 ** 31, 2 ** 53, NaN]); break;
     case 4: { // alias another array, viewed with this field's type and length when the buffer is big enough
       const other = arrays.length > 0 ? peek(o, pick(arrays)) : undefined;
-      if (ArrayBuffer.isView(cur) && other && other.buffer.byteLength >= cur.byteLength) o[f] = new cur.constructor(other.buffer, 0, cur.length);
+      if (isTypedArray(cur) && other && other.buffer.byteLength >= cur.byteLength) o[f] = new cur.constructor(other.buffer, 0, cur.length);
       break;
     }
     case 5: { // a getter that detaches another array after the binding may have taken its pointer
@@ -401,7 +403,7 @@ function mutate(o, f) {
       break;
     }
     case 6: { // a resizable buffer that a getter on another field shrinks to nothing
-      if (!ArrayBuffer.isView(cur) || cur.length === 0) break;
+      if (!isTypedArray(cur) || cur.length === 0) break;
       const rab = new ArrayBuffer(cur.byteLength, { maxByteLength: cur.byteLength * 2 });
       const view = new cur.constructor(rab);
       o[f] = view;
@@ -410,9 +412,9 @@ function mutate(o, f) {
       Object.defineProperty(o, g, { enumerable: true, configurable: true, get() { rab.resize(0); return gv; } });
       break;
     }
-    case 7: if (ArrayBuffer.isView(cur)) { const sab = new SharedArrayBuffer(cur.byteLength); o[f] = new cur.constructor(sab); } break;
+    case 7: if (isTypedArray(cur)) { const sab = new SharedArrayBuffer(cur.byteLength); o[f] = new cur.constructor(sab); } break;
     case 8: delete o[f]; break;
-    case 9: if (ArrayBuffer.isView(cur) && cur.length > 0 && cur instanceof Int32Array) cur[int(0, cur.length - 1)] = pick([-1, 2 ** 31 - 1, 1e6]); break;
+    case 9: if (isTypedArray(cur) && cur.length > 0 && cur instanceof Int32Array) cur[int(0, cur.length - 1)] = pick([-1, 2 ** 31 - 1, 1e6]); break;
     case 10: o[f] = null; break;
     default: Object.defineProperty(o, f, { enumerable: true, configurable: true, get() { throw new Error(MARK); } });
   }
