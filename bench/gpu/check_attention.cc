@@ -4,16 +4,17 @@
 // backward on the device, each result against the float64 reference (native/reference/
 // attention_reference.cc) with design.md's policy (2x forward, 3x backward the error of the same
 // reference run in float32, plus 4 ulp of the largest value): out, lse, dq, dk, dv (dk + dv when
-// tied); and each against the CPU kernels on the same inputs. Shapes, for both ops: l in
-// {1, 3, 16, 17} against a long axis of {1, 7, 33, 130}, dh cycling through 8, 13 and 64
-// (padded to the 32- and 64-wide instances), masks and tied k/v alternating; then dh = 32, 100,
-// 128, 200, 256 (the 128 and 256 instances: four and eight threads per query row in the
-// forward), l = 130 (keys tiled in the unpack, queries tiled in the pack), sharp logits, a batch element whose keys are all padding (output 0, lse -inf, no gradient,
-// exactly), and dropout. Dropout is checked twice: the policy against the reference (which
-// fails unless the device drops the CPU's elements), and the kept pattern itself (q = 0, v = the
-// identity) against the CPU kernel's, exactly. Finally a few cases with every split and chunk
-// forced to two tiles (attention_force_chunk_tiles), so that the multi-tile paths (the merge of
-// splits, dq read-modify-written across key tiles, both partial sums) run on small problems.
+// tied); and each against the CPU kernels on the same inputs. Shapes, for both ops: every l in
+// {1, 3, 16, 17} against a long axis of {1, 7, 33, 130} and dh in {8, 13, 64} (padded to the
+// 32- and 64-wide instances), masks, tied k/v and dropout cycling; then dh = 32, 100, 128, 200,
+// 256 (the 128 and 256 instances: four and eight threads per query row in the forward),
+// l = 130 (keys tiled in the unpack, queries tiled in the pack), sharp logits, a batch element
+// whose keys are all padding (output 0, lse -inf, no gradient, exactly), and dropout. Dropout
+// is checked twice: the policy against the reference (which fails unless the device drops the
+// CPU's elements), and the kept pattern itself (q = 0, v = the identity) against the CPU
+// kernel's, exactly. Finally a few cases with every split and chunk forced to two tiles
+// (attention_force_chunk_tiles), so that the multi-tile paths (the merge of splits, dq
+// read-modify-written across key tiles, both partial sums) run on small problems.
 //
 // Benchmark: B=4 h=4 n=m=4096 dh=64, l in {16, 64, 256}, k === v (Luna's tied projection), as
 // bench/bench_attention.cc and the PyTorch anchor (../shared/anchors/torch_bench.py ops()):
@@ -231,19 +232,21 @@ void validate_dropout_pattern(Context& ctx, bool pack) {
 
 void validate_attention(Context& ctx) {
   std::vector<Case> cases;
-  // The grid: l in {1, 3, 16, 17} x the long axis in {1, 7, 33, 130}, both ops, dh cycling
-  // through 8, 13, 64, masks and tied k/v alternating.
+  // The grid: every l in {1, 3, 16, 17} x long axis in {1, 7, 33, 130} x dh in {8, 13, 64}, both
+  // ops; masks and tied k/v cycle through their four combinations, and every fifth case has
+  // dropout.
   const int64_t ls[] = {1, 3, 16, 17}, longs[] = {1, 7, 33, 130}, dhs[] = {8, 13, 64};
   int i = 0;
   for (bool pack : {true, false})
     for (int64_t l : ls)
-      for (int64_t n : longs) {
-        const int64_t dh = dhs[i % 3];
-        const bool masked = (i / 2) % 2 == 0, tied = i % 2 == 1;
-        ++i;
-        cases.push_back(pack ? Case{true, 2, 2, l, n, dh, masked, tied, 0.0, 1.f}
-                             : Case{false, 2, 2, n, l, dh, masked, tied, 0.0, 1.f});
-      }
+      for (int64_t n : longs)
+        for (int64_t dh : dhs) {
+          const bool masked = i % 2 == 0, tied = (i / 2) % 2 == 1;
+          const double p = i % 5 == 4 ? 0.25 : 0.0;
+          ++i;
+          cases.push_back(pack ? Case{true, 2, 2, l, n, dh, masked, tied, p, 1.f}
+                               : Case{false, 2, 2, n, l, dh, masked, tied, p, 1.f});
+        }
   for (bool pack : {true, false}) {
     auto add = [&](int64_t B, int64_t h, int64_t l, int64_t n, int64_t dh, bool masked, bool tied, double p, float qs,
                    bool empty = false) {
