@@ -10,30 +10,28 @@
 // from the same counter RNG on both devices, so they must agree exactly.
 import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import type * as Lib from '../lib/index';
 
 const root = path.resolve(__dirname, '..');
 const emulatorBuild = path.join(root, 'build', 'emu', 'Release', 'luna_attention.node');
 
-let lib: typeof Lib;
-let why = '';
-beforeAll(async () => {
-  // Decide which addon to load before anything loads one: the default build when it has a
-  // usable GPU, else the emulator build.
+// Decide which addon to load before anything loads one: the default build when it has a usable
+// GPU, else the emulator build. (Each test file runs in its own process, so LUNA_ADDON set here
+// affects this file only.)
+async function loadLib(): Promise<{ lib: typeof Lib; why: string }> {
   const probe = await import('../lib/index');
-  if (!probe.backendInfo().cuda.available) {
-    if (!existsSync(emulatorBuild)) {
-      why = 'no CUDA device and no emulator build (`npx cmake-js build --out build/emu --CDLUNA_CUDA_EMULATOR=ON`)';
-      return;
-    }
-    process.env.LUNA_ADDON = emulatorBuild;
-    const { vi } = await import('vitest');
-    vi.resetModules();
+  if (probe.backendInfo().cuda.available) return { lib: probe, why: '' };
+  if (!existsSync(emulatorBuild)) {
+    return { lib: probe, why: 'no CUDA device and no emulator build (`npx cmake-js build --out build/emu --CDLUNA_CUDA_EMULATOR=ON`)' };
   }
-  lib = await import('../lib/index');
-  if (!lib.backendInfo().cuda.available) why = `CUDA unavailable: ${lib.backendInfo().cuda.reason}`;
-});
+  process.env.LUNA_ADDON = emulatorBuild;
+  vi.resetModules();
+  const lib = await import('../lib/index');
+  const info = lib.backendInfo().cuda;
+  return { lib, why: info.available ? '' : `CUDA unavailable: ${info.reason}` };
+}
+const { lib, why } = await loadLib();
 
 type Tensor = Lib.Tensor;
 type Build = (xs: Tensor[]) => Tensor;
@@ -97,14 +95,9 @@ function compare(name: string, shapes: number[][], build: Build, seed = runSeed)
   });
 }
 
-describe('CUDA against the CPU (a GPU, or the emulator build)', () => {
-  const skip = (): boolean => {
-    if (why) console.log(`cuda-parity skipped: ${why}`);
-    return why !== '';
-  };
+describe.skipIf(why !== '')(`CUDA against the CPU (a GPU, or the emulator build)${why ? ` (skipped: ${why})` : ''}`, () => {
 
   it('tensors move to cuda and back unchanged; data() resolves off the event loop', async () => {
-    if (skip()) return;
     const x = lib.randn([3, 5], { seed: runSeed });
     const d = x.to('cuda');
     expect(d.device).toBe('cuda');
@@ -118,7 +111,6 @@ describe('CUDA against the CPU (a GPU, or the emulator build)', () => {
   });
 
   it('the caching allocator reuses blocks: a repeated step makes no new cudaMalloc', () => {
-    if (skip()) return;
     const step = () => {
       const a = lib.randn([64, 32], { seed: 1, device: 'cuda' });
       const b = lib.ops.gelu(a);
@@ -134,7 +126,6 @@ describe('CUDA against the CPU (a GPU, or the emulator build)', () => {
   });
 
   it('matmul, linear, elementwise and shape ops', () => {
-    if (skip()) return;
     const { ops } = lib;
     compare('matmul', [[3, 7, 5], [3, 5, 4]], ([a, b]) => ops.matmul(a, b));
     compare('linear', [[2, 9, 6], [5, 6], [5]], ([x, w, b]) => ops.linear(x, w, b));
@@ -147,7 +138,6 @@ describe('CUDA against the CPU (a GPU, or the emulator build)', () => {
   });
 
   it('layerNorm, gelu, relu, embedding and cross-entropy', () => {
-    if (skip()) return;
     const { ops, tensor } = lib;
     compare('layerNorm', [[6, 10], [10], [10]], ([x, w, b]) => ops.layerNorm(x, w, b));
     compare('gelu', [[5, 7]], ([x]) => ops.gelu(x));
@@ -159,7 +149,6 @@ describe('CUDA against the CPU (a GPU, or the emulator build)', () => {
   });
 
   it('dropout masks are the same bits on both devices', () => {
-    if (skip()) return;
     const x = lib.randn([7, 33], { seed: runSeed });
     const cpu = lib.ops.dropout(x, 0.3, { seed: 1234 }).dataSync();
     const cuda = lib.ops.dropout(x.to('cuda'), 0.3, { seed: 1234 }).dataSync();
@@ -167,7 +156,6 @@ describe('CUDA against the CPU (a GPU, or the emulator build)', () => {
   });
 
   it('pack and unpack attention, masks, tied key/value', () => {
-    if (skip()) return;
     const { ops, tensor } = lib;
     // q [B,h,l,dh] against k,v [B,h,m,dh] with a key mask, untied; then unpack, tied.
     const B = 2, h = 2, l = 3, m = 9, n = 7, dh = 5;
@@ -179,7 +167,6 @@ describe('CUDA against the CPU (a GPU, or the emulator build)', () => {
   });
 
   it('causal Luna attention and softmax attention', () => {
-    if (skip()) return;
     const { ops } = lib;
     const B = 1, h = 2, n = 11, l = 3, dh = 4;
     compare('causalLunaAttention', [[B, h, n, dh], [B, h, n, dh], [B, h, n, dh], [B, h, n, dh], [B, h, l, dh]], ([q, k, v, kc, pq]) =>
@@ -191,7 +178,6 @@ describe('CUDA against the CPU (a GPU, or the emulator build)', () => {
   });
 
   it('a LunaEncoderLayer forward and backward agree with the CPU; an Adam step on the same gradients is bitwise the CPU one', () => {
-    if (skip()) return;
     const { nn, optim, randn, tensor } = lib;
     const make = (device: 'cpu' | 'cuda', dtype: 'float32' | 'float64') =>
       new nn.LunaEncoderLayer({ embedDim: 8, numHeads: 2, ffnDim: 16, tieKV: false, seed: 7, device, dtype } as never);
