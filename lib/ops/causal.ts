@@ -15,7 +15,8 @@ import { Storage, Tensor, assertLive, checkTensor, floatData, makeTensor, native
 import { attachNode, shouldRecord } from '../autograd';
 import { FloatArray, loadNative } from '../native';
 import type { CausalBackwardArgs, CausalForwardArgs } from '../native-ops';
-import { cloneBuffer, fillBuffer, outputBuffer, runKernel } from './common';
+import { cloneBuffer, fillBuffer, outputBuffer, runKernel, zeroBuffer } from './common';
+import { deviceClone, download, isDeviceArray, upload } from '../device';
 
 /** The feature map φ of the pack logits: softplus with β = ln 2, or elu + 1. */
 export type CausalActivation = 'softplus' | 'elu';
@@ -295,8 +296,11 @@ function checkIndices(where: string, value: unknown, B: number): number[] {
  * const o2 = state.step(q2, k2, v2, kc2);   // then one token at a time
  */
 export class CausalLunaState {
+  // On cuda, pqScaled, sk and sv are DeviceArrays (typed as float arrays for the kernel's
+  // arguments) and `deviceMask` holds the mask's device copy; `mask` stays on the host for reorder.
   private pqScaled: FloatArray | null;
   private mask: Uint8Array | null;
+  private deviceMask: Uint8Array | null = null;
   private sk: FloatArray | null;
   private sv: FloatArray | null;
   private t = 0;
@@ -329,12 +333,35 @@ export class CausalLunaState {
     this.dh = dh;
     this.dtype = t.dtype;
     this.device = t.device;
-    const src = floatData(t, STATE, 'pq');
-    this.pqScaled = allocate(STATE, this.dtype, src.length);
-    for (let i = 0; i < src.length; i++) this.pqScaled[i] = this.scale * src[i];
-    this.mask = mask === null ? null : (tensorData(mask, STATE, 'options.packPaddingMask') as Uint8Array).slice();
-    this.sk = allocate(STATE, this.dtype, B * h * dh * l);
-    this.sv = allocate(STATE, this.dtype, B * h * l * dh);
+    // The scaled copy is made on the host (one multiply per element, as on the CPU path) and,
+    // for a cuda state, copied to the device once.
+    const src = t.dataSync() as FloatArray;
+    const scaled = allocate(STATE, this.dtype, src.length) as FloatArray;
+    for (let i = 0; i < src.length; i++) scaled[i] = this.scale * src[i];
+    this.mask = mask === null ? null : (mask.dataSync() as Uint8Array);
+    this.pqScaled = this.onDevice(scaled);
+    this.deviceMask = this.device === 'cuda' && this.mask !== null ? (upload(STATE, this.mask, 'bool') as unknown as Uint8Array) : null;
+    this.sk = zeroBuffer(STATE, this.dtype, B * h * dh * l, this.device);
+    this.sv = zeroBuffer(STATE, this.dtype, B * h * l * dh, this.device);
+  }
+
+  /** `host` itself on the CPU; on cuda, a device copy (and the host buffer goes back to the pool). */
+  private onDevice(host: FloatArray): FloatArray {
+    if (this.device !== 'cuda') return host;
+    const d = upload(STATE, host, this.dtype) as unknown as FloatArray;
+    giveBack(host);
+    return d;
+  }
+
+  /** A buffer of the state back on the host (a copy for a cuda state). */
+  private onHost(buf: FloatArray): FloatArray {
+    return isDeviceArray(buf) ? (download(STATE, buf, this.dtype) as FloatArray) : buf;
+  }
+
+  private static free(buf: FloatArray | Uint8Array | null): void {
+    if (buf === null) return;
+    if (isDeviceArray(buf)) buf.release();
+    else giveBack(buf);
   }
 
   /** The number of positions folded in so far (the next token is position steps + 1). */
@@ -380,19 +407,19 @@ export class CausalLunaState {
     checkShape4(where, 'q', qt, [B, h, 's', dh], "B,h,s,dh: the state's batch, heads and head width");
     for (const [name, t] of [['k', kt], ['v', vt], ['kc', kct]] as const) checkShape4(where, name, t, qt.shape, 'B,h,s,dh matching q');
     const s = qt.shape[2];
-    const out = outputBuffer(where, this.dtype, B * h * s * dh, 'cpu');
+    const out = outputBuffer(where, this.dtype, B * h * s * dh, this.device);
     if (B === 0 || h === 0 || s === 0 || dh === 0 || l === 0) {
-      out.fill(0); // no slot at all: every row is fully masked
+      fillBuffer(where, out, 0); // no slot at all: every row is fully masked
     } else {
       const addon = loadNative();
-      const kData = floatData(kt, where, 'k');
+      const kData = nativeData(kt, where, 'k');
       const args = {
-        q: floatData(qt, where, 'q'),
+        q: nativeData(qt, where, 'q'),
         k: kData,
-        v: kt === vt ? kData : floatData(vt, where, 'v'),
-        kc: floatData(kct, where, 'kc'),
+        v: kt === vt ? kData : nativeData(vt, where, 'v'),
+        kc: nativeData(kct, where, 'kc'),
         pq: this.pqScaled!,
-        mask: this.mask,
+        mask: this.device === 'cuda' ? this.deviceMask : this.mask,
         out,
         stateK: this.sk!,
         stateV: this.sv!,
@@ -429,15 +456,24 @@ export class CausalLunaState {
     };
     const { h, l, dh } = this;
     const nb = idx.length;
+    // A cuda state is gathered on the host: beam reordering moves these small arrays once per step.
     const swap = (old: FloatArray, row: number): FloatArray => {
-      const next = gather(old, row, allocate(where, this.dtype, nb * row));
-      giveBack(old);
-      return next;
+      const host = this.onHost(old);
+      const next = gather(host, row, allocate(where, this.dtype, nb * row) as FloatArray);
+      CausalLunaState.free(old);
+      if (host !== old) giveBack(host);
+      return this.onDevice(next);
     };
     this.pqScaled = swap(this.pqScaled!, h * l * dh);
     this.sk = swap(this.sk!, h * dh * l);
     this.sv = swap(this.sv!, h * l * dh);
-    if (this.mask !== null) this.mask = gather(this.mask, l, new Uint8Array(nb * l));
+    if (this.mask !== null) {
+      this.mask = gather(this.mask, l, new Uint8Array(nb * l));
+      if (this.deviceMask !== null) {
+        CausalLunaState.free(this.deviceMask);
+        this.deviceMask = upload(where, this.mask, 'bool') as unknown as Uint8Array;
+      }
+    }
     this.B = nb;
     return this;
   }
@@ -447,6 +483,7 @@ export class CausalLunaState {
     this.live('clone');
     const copy = Object.create(CausalLunaState.prototype) as CausalLunaState;
     const dup = (a: FloatArray): FloatArray => {
+      if (isDeviceArray(a)) return deviceClone(`${STATE}.clone`, a, this.dtype) as unknown as FloatArray;
       const b = allocate(`${STATE}.clone`, this.dtype, a.length);
       b.set(a);
       return b;
@@ -456,13 +493,15 @@ export class CausalLunaState {
       sk: dup(this.sk!),
       sv: dup(this.sv!),
       mask: this.mask === null ? null : this.mask.slice(),
+      deviceMask: this.deviceMask === null ? null : deviceClone(`${STATE}.clone`, this.deviceMask as never, 'bool'),
     });
     return copy;
   }
 
   /** Releases the buffers; any later use throws ERR_DISPOSED. Calling it twice is harmless. */
   dispose(): void {
-    for (const a of [this.pqScaled, this.sk, this.sv]) if (a !== null) giveBack(a);
+    for (const a of [this.pqScaled, this.sk, this.sv, this.deviceMask]) CausalLunaState.free(a);
+    this.deviceMask = null;
     this.pqScaled = null;
     this.sk = null;
     this.sv = null;
