@@ -216,6 +216,21 @@ describe.skipIf(why !== '')(`CUDA against the CPU (a GPU, or the emulator build)
     expectPolicy('decoding outputs', cuda, cpu, truth);
   });
 
+  it('nn.generate (greedy and beam) with a cuda LunaSeq2Seq gives the CPU model\'s tokens', () => {
+    const { nn, tensor } = lib;
+    const make = (device: 'cpu' | 'cuda') =>
+      new nn.LunaSeq2Seq({ vocabSize: 11, maxPositions: 16, embedDim: 8, encoderLayers: 1, decoderLayers: 1, numHeads: 2,
+        ffnDim: 16, projectionLength: 3, seed: runSeed, device } as never);
+    const src = [[5, 7, 3, 9, 4, 1], [6, 2, 8, 4, 1, 1]];
+    const tokens = (['cpu', 'cuda'] as const).map((device) => {
+      const model = make(device);
+      model.eval();
+      const s = tensor(src, { dtype: 'int32', device });
+      return [nn.generate(model, s, { bos: 0, eos: 2, maxLength: 6 }), nn.generate(model, s, { bos: 0, eos: 2, maxLength: 6, beamSize: 3 })];
+    });
+    expect(tokens[1]).toEqual(tokens[0]);
+  });
+
   it('a LunaEncoderLayer forward and backward agree with the CPU; an Adam step on the same gradients is bitwise the CPU one', () => {
     const { nn, optim, randn, tensor } = lib;
     const make = (device: 'cpu' | 'cuda', dtype: 'float32' | 'float64') =>
