@@ -98,7 +98,11 @@ const schedule = new optim.LinearWarmupInverseSqrt(optimizer, { warmupSteps: Mat
 const info = backendInfo();
 console.log(
   `luna-attention: far-match classification, n=${n}, l=${opts.l}, ${opts.layers} layer(s), d=64, ` +
-    `${nParams} parameters; CPU ${info.cpu.isa}, ${info.cpu.threads} threads`,
+    `${nParams} parameters; ` +
+    (model.device === 'cuda'
+      ? `CUDA ${info.cuda.device.name}${info.cuda.device.emulated ? ' (the CPU emulator: slow)' : ''}`
+      : `CPU ${info.cpu.isa}, ${info.cpu.threads} threads`) +
+    ' (LUNA_DEVICE=cpu|cuda|auto chooses)',
 );
 
 const trainRand = rng32(opts.seed * 2 + 1);
