@@ -15,8 +15,7 @@ import { LunaError, checkFunction, describe, formatShape, mismatch } from './err
 import { allocate, allocateUninit, sameShape } from './dtype';
 import type { Tensor } from './tensor';
 import { assertLive, checkSameMeta, checkTensor, floatData, makeTensor, nativeData } from './tensor';
-import { cudaError, deviceClone, isDeviceArray, upload } from './device';
-import { giveBack } from './pool';
+import { cudaError, deviceClone, isDeviceArray } from './device';
 import { loadNative } from './native';
 import { markKept } from './memory';
 
@@ -110,11 +109,7 @@ export function attachNode(
 function filled(t: Tensor, value: number): Tensor {
   const data = allocate('backward', t._dtype, t._size);
   if (value !== 0) data.fill(value);
-  if (t._device === 'cuda') {
-    const moved = upload('backward', data, t._dtype);
-    giveBack(data);
-    return makeTensor(moved, t._shape, t._dtype, 'cuda');
-  }
+  // (For a cuda tensor, makeTensor copies the host buffer over.)
   return makeTensor(data, t._shape, t._dtype, t._device);
 }
 

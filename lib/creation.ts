@@ -18,15 +18,12 @@ import {
   Device,
   allocate,
   checkDType,
-  checkDevice,
   checkShape,
   dtypeOfArray,
   isFloatDType,
 } from './dtype';
 import { Tensor, makeTensor } from './tensor';
-import { resolveDevice, upload } from './device';
-import type { DeviceArray } from './native';
-import { giveBack } from './pool';
+import { resolveDevice } from './device';
 import { Rng, randomSeed } from './random';
 
 /** Nested arrays of numbers (or booleans for bool tensors), any depth. */
@@ -109,13 +106,8 @@ function commonOptions(
 }
 
 function finish(data: AnyTypedArray, shape: readonly number[], dtype: DType, device: Device, requiresGrad: boolean): Tensor {
-  // A cuda tensor is built on the host and copied over once; the host buffer goes back to the pool.
-  let buffer: AnyTypedArray | DeviceArray = data;
-  if (device === 'cuda') {
-    buffer = upload('tensor', data, dtype);
-    giveBack(data);
-  }
-  const t = makeTensor(buffer, shape, dtype, device);
+  // A cuda tensor is built on the host; makeTensor copies it over once.
+  const t = makeTensor(data, shape, dtype, device);
   t._requiresGrad = requiresGrad;
   return t;
 }

@@ -6,7 +6,8 @@
  * @packageDocumentation
  */
 import { checkBoolean, checkFinite, checkNonNegativeInt, checkOptions, checkPositiveInt, describe, mismatch } from '../errors';
-import { Tensor, checkTensor, makeTensor, tensorData } from '../tensor';
+import { Tensor, checkTensor, makeTensor } from '../tensor';
+import { hostValues } from '../ops/common';
 import { allocate } from '../dtype';
 import { ops } from '../ops';
 import { Module, ModuleOptions, moduleOptions, normalFill, parameterTensor } from './module';
@@ -194,7 +195,7 @@ export class LunaEncoder extends Module {
       throw mismatch('ERR_SHAPE', where, 'positionOffset + tokens.shape[1]', `at most maxPositions (${this.maxPositions})`, String(offset + n));
     }
     if (B === 0 || n === 0) throw mismatch('ERR_SHAPE', where, 'tokens.shape', 'a non-empty batch', `[${B},${n}]`);
-    const ids = (tokens.device === 'cuda' ? tokens.dataSync() : tensorData(tokens, where, 'tokens')) as Int32Array;
+    const ids = hostValues(tokens, where, 'tokens') as Int32Array;
 
     // Padding: every token equal to paddingIdx. Lengths count the unpadded tokens (the
     // reference assumes right padding).

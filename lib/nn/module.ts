@@ -7,8 +7,7 @@
 import { LunaError, checkFunction, checkOptions, describe, formatShape, mismatch } from '../errors';
 import { Device, FloatDType, sameShape } from '../dtype';
 import { Tensor, assertLive, checkTensor, makeTensor, nativeData } from '../tensor';
-import { isDeviceArray, resolveDevice, upload } from '../device';
-import { giveBack } from '../pool';
+import { isDeviceArray, resolveDevice } from '../device';
 import { copyBuffer } from '../ops/common';
 import { allocate } from '../dtype';
 import { Rng, randomSeed } from '../random';
@@ -245,12 +244,8 @@ export function parameterTensor(
   const size = shape.reduce((a, b) => a * b, 1);
   const data = allocate(where, resolved.dtype, size) as Float32Array | Float64Array;
   fill(data, resolved.rng);
-  if (resolved.device === 'cuda') {
-    // Initialised on the host (same values as on the CPU for a given seed), then copied once.
-    const moved = upload(where, data, resolved.dtype);
-    giveBack(data);
-    return makeTensor(moved, shape, resolved.dtype, 'cuda');
-  }
+  // Initialised on the host (the same values on every device for a given seed); for cuda,
+  // makeTensor copies it over once.
   return makeTensor(data, shape, resolved.dtype, resolved.device);
 }
 

@@ -5,7 +5,8 @@
  * @packageDocumentation
  */
 import { mismatch } from '../errors';
-import { Tensor, makeTensor, tensorData } from '../tensor';
+import { Tensor, makeTensor } from '../tensor';
+import { hostValues } from '../ops/common';
 import { allocate } from '../dtype';
 
 /**
@@ -17,7 +18,7 @@ export function selectRows(t: Tensor, indices: readonly number[]): Tensor {
   const rows = t.shape[0];
   const rowSize = t.size / Math.max(rows, 1);
   // (A cuda tensor is gathered on the host: beam reordering moves small caches once per step.)
-  const src = t.device === 'cuda' ? t.dataSync() : tensorData(t, where, 't');
+  const src = hostValues(t, where, 't');
   const out = allocate(where, t.dtype, indices.length * rowSize);
   indices.forEach((r, i) => {
     if (!Number.isInteger(r) || r < 0 || r >= rows) {

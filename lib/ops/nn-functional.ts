@@ -12,7 +12,6 @@ import { Tensor, checkTensor, makeTensor, tensorData } from '../tensor';
 import { FloatArray, NativeAddon, loadNative } from '../native';
 import { manualSeed, nextSeed } from '../seed';
 import { dataOf, fillBuffer, floatInput, hostValues, outputBuffer, record, runKernel, wrap, zeroBuffer } from './common';
-import { upload } from '../device';
 
 /** Options of {@link layerNorm}. */
 export interface LayerNormOptions {
@@ -388,7 +387,7 @@ export function crossEntropy(logits: Tensor, targets: Tensor, options?: CrossEnt
     for (let i = 0; i < N; i++) total += losses[i];
     const value = allocate(op, dtype, 1) as FloatArray;
     value[0] = reduction === 'sum' ? total : count > 0 ? total / count : 0;
-    output = lt.device === 'cuda' ? makeTensor(upload(op, value, dtype), [], dtype, 'cuda') : wrap(value, [], lt);
+    output = wrap(value, [], lt);
     lossT.dispose();
   }
   const lseT = makeTensor(lse, [N], dtype, lt.device);
