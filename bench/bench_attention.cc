@@ -117,8 +117,7 @@ bool validate_case(const Case& c, std::mt19937_64& rng) {
 }
 
 bool validate_all() {
-  std::random_device rd;
-  const uint64_t seed = (uint64_t(rd()) << 32) ^ rd();
+  const uint64_t seed = validation_seed();
   std::mt19937_64 rng(seed);
   std::vector<Case> cases;
   for (const char* op : {"pack", "unpack"}) {

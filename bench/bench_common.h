@@ -66,6 +66,15 @@ inline Timing time_ms(int reps, const std::function<void()>& fn) {
 // Median of `reps` timed calls after one untimed warm-up call.
 inline double median_ms(int reps, const std::function<void()>& fn) { return time_ms(reps, fn).median; }
 
+// The validation seed: LUNA_BENCH_SEED when set (to replay a printed seed exactly), else fresh
+// from the system, so that every run checks new random inputs.
+inline uint64_t validation_seed() {
+  const char* fixed = std::getenv("LUNA_BENCH_SEED");
+  if (fixed && *fixed) return std::strtoull(fixed, nullptr, 10);
+  std::random_device rd;
+  return (uint64_t(rd()) << 32) ^ rd();
+}
+
 inline std::vector<float> randn(size_t n, std::mt19937_64& rng, float sd = 1.0f) {
   std::normal_distribution<float> dist(0.0f, sd);
   std::vector<float> x(n);

@@ -189,8 +189,7 @@ bool validate_dropout_masks(std::mt19937_64& rng) {
 }
 
 bool validate_all() {
-  std::random_device rd;
-  const uint64_t seed = (uint64_t(rd()) << 32) ^ rd();
+  const uint64_t seed = validation_seed();
   std::mt19937_64 rng(seed);
   const bool masks_ok = validate_dropout_masks(rng);
   std::vector<Case> cases;

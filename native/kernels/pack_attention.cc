@@ -39,7 +39,9 @@ void pack_forward(const AttentionParams<T>& p) {
   const int64_t block = inner_block(L);
   const T scale = T(p.scale);
   const DropoutMask<T> drop(p.dropout, p.seed);
-  std::vector<T> part_out(BH * chunks * L * dh), part_max(BH * chunks * L), part_sum(BH * chunks * L);
+  std::vector<T> part_out(BH * chunks * L * dh), part_max(BH * chunks * L);
+  // The softmax normalisers are summed in double, as exp_shifted_row does (tile_gemm.cc says why).
+  std::vector<double> part_sum(BH * chunks * L);
 
   parallel_for(BH * chunks, [&](int64_t task) {
     const int64_t bh = task / chunks, chunk = task % chunks, b = bh / p.h;
@@ -51,10 +53,10 @@ void pack_forward(const AttentionParams<T>& p) {
     std::vector<T> st(block * L), neg_max(L), rescale(L);
     T* acc = part_out.data() + task * L * dh;  // (l x dh), unnormalised
     T* run_max = part_max.data() + task * L;
-    T* run_sum = part_sum.data() + task * L;
+    double* run_sum = part_sum.data() + task * L;
     std::fill(acc, acc + L * dh, T(0));
     std::fill(run_max, run_max + L, neg_inf);
-    std::fill(run_sum, run_sum + L, T(0));
+    std::fill(run_sum, run_sum + L, 0.0);
 
     for (int64_t k0 = k_begin; k0 < k_end; k0 += block) {
       const int64_t rows = std::min(block, k_end - k0);
@@ -118,7 +120,7 @@ void pack_forward(const AttentionParams<T>& p) {
         p.lse[bh * L + i] = std::numeric_limits<T>::quiet_NaN();
         continue;
       }
-      T total = 0;
+      double total = 0;
       for (int64_t c = 0; c < chunks; ++c) {
         const int64_t part = (bh * chunks + c) * L + i;
         if (part_max[part] == neg_inf) continue;
@@ -127,7 +129,7 @@ void pack_forward(const AttentionParams<T>& p) {
         const T* po = part_out.data() + part * dh;
         for (int64_t x = 0; x < dh; ++x) out[x] += w * po[x];
       }
-      const T inv = T(1) / total;
+      const T inv = T(1.0 / total);
       for (int64_t x = 0; x < dh; ++x) out[x] *= inv;
       p.lse[bh * L + i] = top + std::log(total);
     }

@@ -48,14 +48,19 @@ T max_row_generic(int64_t n, const T* s, const T* bias, T scale) {
   return m;
 }
 
+// The row sum (a softmax normaliser) is accumulated in double in every build and rounded once.
+// Its error is common to the whole row, and it does not cancel in the backward: the output O is
+// normalised by it, and D = rowsum(dO * O) then carries it into dS = P (dP - D), where dP - D
+// is a small difference for a dominant key. A float sum over a long row (thousands of keys)
+// made that the largest error of the unpack backward.
 template <typename T>
 T exp_row_generic(int64_t n, const T* s, const T* bias, T scale, T shift, T* out) {
-  T sum = 0;
+  double sum = 0;
   for (int64_t j = 0; j < n; ++j) {
     out[j] = std::exp((scale * s[j] + (bias ? bias[j] : T(0))) - shift);
     sum += out[j];
   }
-  return sum;
+  return T(sum);
 }
 
 #ifdef LUNA_X86
@@ -165,7 +170,7 @@ TARGET_AVX512 float max_row_avx512(int64_t n, const float* s, const float* bias,
 TARGET_AVX512 float exp_row_avx512(int64_t n, const float* s, const float* bias, float scale,
                                    float shift, float* out) {
   const __m512 vs = _mm512_set1_ps(scale), vshift = _mm512_set1_ps(shift);
-  __m512 sum = _mm512_setzero_ps();
+  __m512d sum_lo = _mm512_setzero_pd(), sum_hi = _mm512_setzero_pd();  // see exp_row_generic
   for (int64_t j = 0; j < n; j += 16) {
     const __mmask16 t = tail_mask16(n - j);
     // Multiply, add the bias, then subtract, each rounded as in max_row: the row's maximum
@@ -175,9 +180,10 @@ TARGET_AVX512 float exp_row_avx512(int64_t n, const float* s, const float* bias,
     x = _mm512_sub_ps(x, vshift);
     const __m512 e = _mm512_maskz_mov_ps(t, exp_avx512(x));
     _mm512_mask_storeu_ps(out + j, t, e);
-    sum = _mm512_add_ps(sum, e);
+    sum_lo = _mm512_add_pd(sum_lo, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+    sum_hi = _mm512_add_pd(sum_hi, _mm512_cvtps_pd(_mm256_castsi256_ps(_mm512_extracti64x4_epi64(_mm512_castps_si512(e), 1))));
   }
-  return _mm512_reduce_add_ps(sum);
+  return float(_mm512_reduce_add_pd(_mm512_add_pd(sum_lo, sum_hi)));
 }
 
 // One lane of the AVX2 / AVX-512 GEMMs: a sequential chain of fused multiply-adds from 0.
@@ -292,7 +298,7 @@ TARGET_AVX2 float max_row_avx2(int64_t n, const float* s, const float* bias, flo
 TARGET_AVX2 float exp_row_avx2(int64_t n, const float* s, const float* bias, float scale,
                                float shift, float* out) {
   const __m256 vs = _mm256_set1_ps(scale), vshift = _mm256_set1_ps(shift);
-  __m256 sum = _mm256_setzero_ps();
+  __m256d sum_lo = _mm256_setzero_pd(), sum_hi = _mm256_setzero_pd();  // see exp_row_generic
   for (int64_t j = 0; j < n; j += 8) {
     const __m256i t = lane_mask8(n - j);
     __m256 x = _mm256_mul_ps(_mm256_maskload_ps(s + j, t), vs);  // unfused, as in exp_row_avx512
@@ -300,11 +306,12 @@ TARGET_AVX2 float exp_row_avx2(int64_t n, const float* s, const float* bias, flo
     x = _mm256_sub_ps(x, vshift);
     const __m256 e = _mm256_and_ps(_mm256_castsi256_ps(t), exp_avx2(x));
     _mm256_maskstore_ps(out + j, t, e);
-    sum = _mm256_add_ps(sum, e);
+    sum_lo = _mm256_add_pd(sum_lo, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+    sum_hi = _mm256_add_pd(sum_hi, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
   }
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, sum);
-  return ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+  alignas(32) double lanes[4];
+  _mm256_store_pd(lanes, _mm256_add_pd(sum_lo, sum_hi));
+  return float((lanes[0] + lanes[2]) + (lanes[1] + lanes[3]));
 }
 #endif  // LUNA_X86
 

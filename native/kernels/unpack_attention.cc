@@ -18,6 +18,9 @@ namespace luna {
 
 namespace {
 
+// Keys per partial sum of the forward's P . V (see unpack_forward).
+constexpr int64_t kKeySumBlock = 256;
+
 // Per task: the transposed keys (dh x l) and, with a mask, the additive key bias (l).
 template <typename T>
 struct KeySide {
@@ -54,6 +57,7 @@ void unpack_forward(const AttentionParams<T>& p) {
     const T* v = p.v + bh * L * dh;
     const KeySide<T> keys(p, p.k + bh * L * dh, b);
     std::vector<T> probs(block * L), inv_sum(block);
+    std::vector<T> block_out(L > kKeySumBlock ? block * dh : 0);
 
     for (int64_t i0 = q_begin; i0 < q_end; i0 += block) {
       const int64_t rows = std::min(block, q_end - i0);
@@ -82,8 +86,17 @@ void unpack_forward(const AttentionParams<T>& p) {
           for (int64_t j = 0; j < L; ++j) pr[j] *= drop.factor(base + j);
         }
       }
-      // O_tile (rows x dh) = P (rows x l) . V (l x dh), normalised per row afterwards.
-      tile_gemm<T>(rows, dh, L, T(1), probs.data(), L, 1, v, dh, out, dh, false);
+      // O_tile (rows x dh) = P (rows x l) . V (l x dh), normalised per row afterwards. Summed
+      // over blocks of kKeySumBlock keys, each block from zero: over thousands of keys one
+      // running sum would add every small term to a dominant key's large one, and that rounding
+      // reaches the backward through D = rowsum(dO * O). Luna's l (16 to 256) is one block.
+      for (int64_t j0 = 0; j0 < L; j0 += kKeySumBlock) {
+        const int64_t cols = std::min(kKeySumBlock, L - j0);
+        T* dst = j0 == 0 ? out : block_out.data();
+        tile_gemm<T>(rows, dh, cols, T(1), probs.data() + j0, L, 1, v + j0 * dh, dh, dst, dh, false);
+        if (j0 > 0)
+          for (int64_t x = 0; x < rows * dh; ++x) out[x] += block_out[x];
+      }
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t c = 0; c < dh; ++c) out[r * dh + c] *= inv_sum[r];
     }
