@@ -74,6 +74,15 @@ __global__ void __launch_bounds__(kBwdThreads, 2) attention_backward_kernel(BwdA
   float* dk = a.dk + rc * a.dkv_stride + bh * pr.lk * dh;
   float* dv = tied ? dk : a.dv + rc * a.dkv_stride + bh * pr.lk * dh;
 
+  // A row with one visible key (over the whole key axis, not just this block's chunk) has the
+  // constant softmax 1, so its dS is exactly 0, as on the CPU (attention_common.h).
+  bool single_key = pr.lk == 1;
+  if (pr.mask) {
+    float visible = 0.f;
+    for (int64_t j = t; j < pr.lk; j += kBwdThreads) visible += pr.mask[b * pr.lk + j] ? 0.f : 1.f;
+    single_key = block_sum(visible, kvalid) == 1.f;  // scratch: one float a warp; kvalid is free here
+  }
+
   for (int k0 = key_begin; k0 < key_end; k0 += KT) {
     const int nk = min(KT, key_end - k0);
     __syncthreads();  // the previous key tile's readers are done with ks, vs
@@ -164,7 +173,7 @@ __global__ void __launch_bounds__(kBwdThreads, 2) attention_backward_kernel(BwdA
             const float prob = expf(pr.scale * tree_sum<S::FTPR>(parts) - l);
             const float f = pr.drop.active ? pr.drop.factor(uint64_t(row0 + row) * uint64_t(pr.lk) + uint64_t(k0 + key))
                                            : 1.f;
-            dsv = pr.scale * (prob * (dp[i][k] * f - row_D[row]));
+            dsv = single_key ? 0.f : pr.scale * (prob * (dp[i][k] * f - row_D[row]));
             pv = prob * f;
           }
           ps[row * S::PSTRIDE + key] = pv;

@@ -41,4 +41,15 @@ inline bool all_keys_masked(const uint8_t* mask, int64_t len) {
   return true;
 }
 
+// True when a row over these keys sees exactly one of them (mask is one batch element's [len]
+// row, or nullptr). Its softmax is then the constant 1, so its dS is exactly 0: the backward
+// sets it so rather than leave dP - D, the rounding difference of two dot products that are
+// equal in exact arithmetic (they differ by an ulp once a dropout factor scales one of them).
+inline bool single_visible_key(const uint8_t* mask, int64_t len) {
+  if (mask == nullptr) return len == 1;
+  int64_t visible = 0;
+  for (int64_t j = 0; j < len && visible < 2; ++j) visible += !mask[j];
+  return visible == 1;
+}
+
 }  // namespace luna

@@ -160,6 +160,7 @@ void pack_backward(const AttentionParams<T>& p) {
     T* dk = p.dk + bh * M * dh;
     T* dv = p.dv + bh * M * dh;
     const uint8_t* mask = p.mask ? p.mask + b * M : nullptr;
+    const bool single_key = single_visible_key(mask, M);  // dS is exactly 0 (attention_common.h)
     const std::vector<T> qt = transposed(q, L, dh), doutt = transposed(dout, L, dh);  // (dh x l)
     std::vector<T> pt(block * L), dst(block * L), neg_lse(L), D(L), keep(drop.active ? block * L : 0);
     for (int64_t i = 0; i < L; ++i) {
@@ -193,7 +194,7 @@ void pack_backward(const AttentionParams<T>& p) {
       for (int64_t r = 0; r < rows; ++r) {
         const T* pr = pt.data() + r * L;
         T* dr = dst.data() + r * L;
-        for (int64_t i = 0; i < L; ++i) dr[i] = pr[i] * (dr[i] - D[i]);
+        for (int64_t i = 0; i < L; ++i) dr[i] = single_key ? T(0) : pr[i] * (dr[i] - D[i]);
       }
       // dV_tile (rows x dh) = P^T (rows x l) . dO (l x dh), with the dropped probabilities.
       // When tied this lands in dk and the dK product below adds onto it.

@@ -27,9 +27,11 @@ struct KeySide {
   std::vector<T> kt, bias;
   const T* bias_ptr = nullptr;
   bool all_masked = false;  // every key padding: rows take the "output 0" convention
+  bool single_key = false;  // one visible key: dS is exactly 0 (attention_common.h)
 
   KeySide(const AttentionParams<T>& p, const T* k, int64_t b) : kt(p.dh * p.lk) {
     transpose_tile(p.lk, p.dh, k, p.dh, kt.data(), p.lk);
+    single_key = single_visible_key(p.mask ? p.mask + b * p.lk : nullptr, p.lk);
     if (p.mask) {
       mask_to_bias(p.mask + b * p.lk, p.lk, bias);
       bias_ptr = bias.data();
@@ -167,7 +169,7 @@ void unpack_backward(const AttentionParams<T>& p) {
         // rounding of the float32 lse (relative ~|lse| * 2^-24, about 16 ulp at lse = 20), and
         // through D that error lands in dP - D, where it is not small relative to the result.
         const T D = dot_as_gemm<T>(dh, dout + r * dh, p.out + (row0 + r) * dh);
-        for (int64_t j = 0; j < L; ++j) dr[j] = pr[j] * (dr[j] - D);
+        for (int64_t j = 0; j < L; ++j) dr[j] = keys.single_key ? T(0) : pr[j] * (dr[j] - D);
         // dV needs the dropped probabilities.
         if (drop.active)
           for (int64_t j = 0; j < L; ++j) pr[j] *= keep[j];
