@@ -128,7 +128,11 @@ bool validate_all() {
     for (int64_t l : {1, 3, 16, 17, 64, 256}) {
       cases.push_back({op, 2, 2, l, 1000, 64, true, true, 1.0f});
       cases.push_back({op, 1, 3, 1000, l, 32, true, false, 1.0f});
-      cases.push_back({op, 1, 1, l, 2500, 64, false, false, 4.0f});  // larger logits, > 1 chunk
+      // Larger logits, > 1 chunk. At least 8 query rows (heads x l): with sharp softmaxes a
+      // row's error is set by one or two dominant keys, so over a single row both maxima are
+      // single draws and their ratio is heavy-tailed (measured at l = 1: p99 3.5 with one head,
+      // 0.96 with eight, while the kernel's median error is 0.4x the plain one either way).
+      cases.push_back({op, 1, std::max<int64_t>(1, (8 + l - 1) / l), l, 2500, 64, false, false, 4.0f});
       cases.push_back({op, 1, 1, 2500, l, 64, false, true, 4.0f});
     }
   }
